@@ -1,0 +1,247 @@
+"""Presets: validated experiment sizes for ``quick`` (tests, CI), ``book`` (the default book
+build on a 2-core CPU) and ``paper`` (the paper's protocol).
+
+Every experiment of the book reads its sizes from one :class:`Preset`. The active preset of a
+notebook comes from the environment variable ``ANNEALVI_PRESET`` (default ``book``), see
+:func:`active_preset`. All dataclasses are frozen and validate every field on construction, so a
+bad configuration fails before any computation, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from ._validate import (check_beta, check_choice, check_int_at_least, check_open_unit,
+                        check_positive)
+
+__all__ = [
+    "PRESET_NAMES",
+    "Problem",
+    "DemoConfig",
+    "OdeCheckConfig",
+    "GMMGridConfig",
+    "RealNVPGridConfig",
+    "Preset",
+    "get_preset",
+    "active_preset",
+]
+
+PRESET_NAMES = ("quick", "book", "paper")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The target and the optimiser shared by every GMM-student experiment.
+
+    Attributes:
+      d: dimension (>= 2). R: mode distance (> 0). w_star: heavy-mode weight in (0, 1).
+      lr: JKO learning rate eta (> 0). batch: Monte-Carlo samples per component (>= 1).
+    """
+
+    d: int = 512
+    R: float = 3.0
+    w_star: float = 0.8
+    lr: float = 0.05
+    batch: int = 1024
+
+    def __post_init__(self):
+        object.__setattr__(self, "d", check_int_at_least("d", self.d, 2))
+        object.__setattr__(self, "R", check_positive("R", self.R))
+        object.__setattr__(self, "w_star", check_open_unit("w_star", self.w_star))
+        object.__setattr__(self, "lr", check_positive("lr", self.lr))
+        object.__setattr__(self, "batch", check_int_at_least("batch", self.batch, 1))
+
+
+def _check_betas(name, values):
+    for v in values:
+        check_beta(name, v)
+    return tuple(float(v) for v in values)
+
+
+def _check_t0s(name, values):
+    for v in values:
+        check_positive(name, v)
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Chapter 1's opening experiment (vanilla, covering init, annealed)."""
+
+    problem: Problem = Problem(d=128, batch=1024)
+    n_iter_vanilla: int = 100
+    n_iter_annealed: int = 800
+    t0: float = 700.0
+    beta_i_factor: float = 10.0          # beta_i = 1 / (beta_i_factor * R^2)
+    covering_var_factor: float = 10.0    # covering init: sigma^2(0) = factor * R^2
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int_at_least("n_iter_vanilla", self.n_iter_vanilla, 1)
+        check_int_at_least("n_iter_annealed", self.n_iter_annealed, 1)
+        check_positive("t0", self.t0)
+        check_positive("beta_i_factor", self.beta_i_factor)
+        check_positive("covering_var_factor", self.covering_var_factor)
+
+    @property
+    def beta_i(self) -> float:
+        return 1.0 / (self.beta_i_factor * self.problem.R**2)
+
+
+@dataclass(frozen=True)
+class OdeCheckConfig:
+    """Chapter 2: ODE against simulation, and the error scaling with d and B."""
+
+    problem: Problem = Problem(d=512, batch=1024)
+    beta_i_factor: float = 10.0
+    t0: float = 700.0
+    n_iter: int = 800
+    dims: tuple = (64, 128, 256, 512, 1024, 2048)
+    batches: tuple = (64, 256, 1024, 4096)
+    n_seeds: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int_at_least("n_iter", self.n_iter, 1)
+        check_int_at_least("n_seeds", self.n_seeds, 1)
+        for v in self.dims:
+            check_int_at_least("dims", v, 2)
+        for v in self.batches:
+            check_int_at_least("batches", v, 1)
+
+
+@dataclass(frozen=True)
+class GMMGridConfig:
+    """Chapter 3: Monte-Carlo collapse grid of the GMM student.
+
+    ``beta_i = 10**k / R^2`` for ``k`` in ``log10_beta_r2``; ``t0`` in ``t0s``; ``n_iter = t0 +
+    n_iter_extra`` steps per run; ``n_seeds`` replicates per cell.
+    """
+
+    problem: Problem = Problem(d=512, batch=1024)
+    log10_beta_r2: tuple = (-3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5)
+    t0s: tuple = (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0)
+    n_seeds: int = 100
+    n_iter_extra: int = 100
+    sampler: str = "fast"
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "t0s", _check_t0s("t0s", self.t0s))
+        check_int_at_least("n_seeds", self.n_seeds, 1)
+        check_int_at_least("n_iter_extra", self.n_iter_extra, 0)
+        check_choice("sampler", self.sampler, ("exact", "fast"))
+        _check_betas("beta_i", self.beta_is)
+
+    @property
+    def beta_is(self) -> tuple:
+        return tuple(10.0**k / self.problem.R**2 for k in self.log10_beta_r2)
+
+
+@dataclass(frozen=True)
+class RealNVPGridConfig:
+    """Chapter 4: RealNVP student (architecture, optimiser and collapse grid)."""
+
+    d: int = 128
+    R: float = 3.0
+    w_star: float = 0.8
+    n_layers: int = 8
+    width: int = 512
+    depth: int = 3
+    batch: int = 1024
+    lr: float = 1e-3
+    log10_beta_9: tuple = (-1.25, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75)
+    include_beta_one: bool = True
+    t0s: tuple = tuple(float(t) for t in range(200, 2001, 200))
+    n_seeds: int = 200
+    n_iter_extra: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int_at_least("d", self.d, 2)
+        check_positive("R", self.R)
+        check_open_unit("w_star", self.w_star)
+        check_int_at_least("n_layers", self.n_layers, 1)
+        check_int_at_least("width", self.width, 1)
+        check_int_at_least("depth", self.depth, 1)
+        check_int_at_least("batch", self.batch, 1)
+        check_positive("lr", self.lr)
+        object.__setattr__(self, "t0s", _check_t0s("t0s", self.t0s))
+        check_int_at_least("n_seeds", self.n_seeds, 1)
+        check_int_at_least("n_iter_extra", self.n_iter_extra, 0)
+        _check_betas("beta_i", self.beta_is)
+
+    @property
+    def beta_is(self) -> tuple:
+        b = [10.0**k / 9.0 for k in self.log10_beta_9]
+        b = [v for v in b if v <= 1.0]
+        if self.include_beta_one:
+            b.append(1.0)
+        return tuple(b)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """All experiment sizes of one preset."""
+
+    name: str
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    ode_check: OdeCheckConfig = field(default_factory=OdeCheckConfig)
+    gmm_grid: GMMGridConfig = field(default_factory=GMMGridConfig)
+    realnvp_grid: RealNVPGridConfig = field(default_factory=RealNVPGridConfig)
+
+    def __post_init__(self):
+        check_choice("preset", self.name, PRESET_NAMES)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _paper() -> Preset:
+    return Preset(name="paper")
+
+
+def _book() -> Preset:
+    return Preset(
+        name="book",
+        demo=DemoConfig(problem=Problem(d=128, batch=1024)),
+        ode_check=OdeCheckConfig(problem=Problem(d=512, batch=1024),
+                                 dims=(64, 128, 256, 512, 1024), batches=(64, 256, 1024, 4096),
+                                 n_seeds=4),
+        gmm_grid=GMMGridConfig(problem=Problem(d=512, batch=1024), n_seeds=100),
+        realnvp_grid=RealNVPGridConfig(
+            d=16, width=64, depth=2, n_layers=4, batch=256,
+            log10_beta_9=(-1.0, -0.5, 0.0, 0.5), t0s=(100.0, 300.0, 600.0),
+            n_seeds=16, n_iter_extra=100),
+    )
+
+
+def _quick() -> Preset:
+    return Preset(
+        name="quick",
+        demo=DemoConfig(problem=Problem(d=32, batch=128), n_iter_vanilla=40,
+                        n_iter_annealed=160, t0=120.0),
+        ode_check=OdeCheckConfig(problem=Problem(d=64, batch=128), t0=120.0, n_iter=160,
+                                 dims=(32, 64), batches=(32, 128), n_seeds=2),
+        gmm_grid=GMMGridConfig(problem=Problem(d=64, batch=128),
+                               log10_beta_r2=(-2.0, 0.5), t0s=(50.0, 150.0),
+                               n_seeds=16, n_iter_extra=30),
+        realnvp_grid=RealNVPGridConfig(
+            d=4, width=16, depth=1, n_layers=2, batch=64, log10_beta_9=(-1.0,),
+            t0s=(20.0,), n_seeds=2, n_iter_extra=10),
+    )
+
+
+_PRESETS = {"quick": _quick, "book": _book, "paper": _paper}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the named preset (``quick``, ``book`` or ``paper``); raises on an unknown name."""
+    check_choice("preset", name, PRESET_NAMES)
+    return _PRESETS[name]()
+
+
+def active_preset() -> Preset:
+    """The preset selected by ``ANNEALVI_PRESET`` (default ``book``)."""
+    return get_preset(os.environ.get("ANNEALVI_PRESET", "book"))
