@@ -157,9 +157,18 @@ class RealNVPGridConfig:
     n_seeds: int = 200
     n_iter_extra: int = 200
     seed: int = 0
+    norm: str = "beta"             # conditioner input normalisation (realnvp.NORMS)
+    out_init_scale: float = 0.1    # last-layer init scale: flow starts near the identity
+    n_eval: int = 4096             # fresh flow samples for the final metrics
+    seed_chunk: int = 0            # replicates per vmapped batch (0: all at once)
 
     def __post_init__(self):
         check_int_at_least("d", self.d, 2)
+        check_choice("norm", self.norm, ("beta", "batch", "none"))
+        check_int_at_least("n_eval", self.n_eval, 2)
+        check_int_at_least("seed_chunk", self.seed_chunk, 0)
+        if not self.out_init_scale >= 0:
+            raise ValueError(f"out_init_scale must be >= 0, got {self.out_init_scale!r}")
         check_positive("R", self.R)
         check_open_unit("w_star", self.w_star)
         check_int_at_least("n_layers", self.n_layers, 1)

@@ -1,0 +1,40 @@
+# annealvi: two commands do all set-up on a fresh machine (Python 3.11, no GPU):
+#   make book   -> creates .venv if missing, installs pinned deps, executes all chapters, writes _build/html
+#   make test   -> same bootstrap, then runs the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+# the install stamp depends on pyproject, so a change of pins reinstalls
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PRESET ?= $(or $(ANNEALVI_PRESET),book)
+BUILD_DIR ?= _build
+
+.PHONY: book test test-fast figures bench clean env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e ".[book,dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+book: $(STAMP)
+	ANNEALVI_PRESET=$(PRESET) $(VPY) scripts/build_book.py --build-dir $(BUILD_DIR)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -ra -m "not slow and not browser"
+
+figures: $(STAMP)
+	$(VPY) -m annealvi_lib figures --preset $(PRESET)
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_student.py
+
+clean:
+	rm -rf _build figures .pytest_cache

@@ -1,0 +1,177 @@
+"""Run-level metrics of a trained sampler: collapse criterion, mode masses, ESS, Wilson intervals.
+
+All functions are host-side NumPy post-processing of samples (they accept NumPy or JAX arrays),
+vectorised over leading "run" axes. Non-finite runs are *failed*: they are flagged and never
+classified as collapsed or not (DESIGN section 7).
+
+The collapse criterion of the RealNVP study: project flow samples on the heavy-mode direction,
+``y = <mu*, x>``. The target's projection has std ``sqrt(1 + 4 w*(1-w*) R^2)`` (2.6 for R = 3,
+w* = 0.8); one mode alone has std 1. A run is *collapsed* when ``std(y) < 1.6``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._validate import check_open_unit, check_positive
+
+__all__ = [
+    "COLLAPSE_STD",
+    "target_projection_std",
+    "failed_runs",
+    "collapse_flags",
+    "mass_plus",
+    "ess_fraction",
+    "run_summary",
+    "wilson_interval",
+    "collapse_rate",
+]
+
+#: Threshold on std(<mu*, x>) below which a run counts as collapsed (the paper's 1.6).
+COLLAPSE_STD = 1.6
+
+
+def target_projection_std(R: float, w_star: float) -> float:
+    """Std of ``<mu*, x>`` under the target: ``sqrt(1 + 4 w*(1-w*) R^2)`` (mixture variance)."""
+    R = check_positive("R", R)
+    w = check_open_unit("w_star", w_star)
+    return math.sqrt(1.0 + 4.0 * w * (1.0 - w) * R * R)
+
+
+def failed_runs(*arrays) -> np.ndarray:
+    """True for runs with any non-finite value: each array has shape (runs, ...) or (runs,)."""
+    if not arrays:
+        raise ValueError("failed_runs needs at least one array")
+    out = None
+    for a in arrays:
+        a = np.asarray(a, dtype=float)
+        bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1) if a.ndim else ~np.isfinite(a)
+        out = bad if out is None else out | bad
+    return out
+
+
+def collapse_flags(proj_std, threshold: float = COLLAPSE_STD):
+    """Classify runs by the std of their projections: returns ``(collapsed, failed)`` bool arrays.
+
+    Args:
+      proj_std: std of ``<mu*, x>`` per run, any shape.
+      threshold: collapse iff ``proj_std < threshold`` (> 0; default 1.6).
+    Returns:
+      ``failed = ~isfinite(proj_std)``; ``collapsed = (proj_std < threshold) & ~failed``.
+    """
+    threshold = check_positive("threshold", threshold)
+    s = np.asarray(proj_std, dtype=float)
+    failed = ~np.isfinite(s)
+    with np.errstate(invalid="ignore"):
+        collapsed = np.where(failed, False, s < threshold)
+    return collapsed, failed
+
+
+def mass_plus(proj) -> np.ndarray:
+    """Fraction of samples on the heavy side ``<mu*, x> > 0``; proj shape (..., n) -> (...).
+
+    Compare with w*: a two-mode fit has mass_plus near w*, a collapse onto the heavy mode near
+    1, onto the light mode near 0. Non-finite inputs give NaN.
+    """
+    p = np.asarray(proj, dtype=float)
+    m = np.mean(p > 0, axis=-1)
+    return np.where(np.isfinite(p).all(axis=-1), m, np.nan)
+
+
+def ess_fraction(log_w) -> np.ndarray:
+    """Normalised importance-sampling effective sample size ``(sum w)^2 / (n sum w^2)`` in (0, 1].
+
+    Args:
+      log_w: log importance weights ``log pi(x) - log q(x)`` (any additive constant), shape
+        (..., n), x ~ q.
+    Returns:
+      shape (...); 1 means q = pi; about (mass of the mode covered) for a collapsed q; NaN if any
+      log-weight is non-finite. Computed in float64 after subtracting the max (no overflow).
+    """
+    lw = np.asarray(log_w, dtype=np.float64)
+    n = lw.shape[-1]
+    ok = np.isfinite(lw).all(axis=-1)
+    lw = np.where(np.isfinite(lw), lw, 0.0)
+    lw = lw - lw.max(axis=-1, keepdims=True)
+    w = np.exp(lw)
+    ess = w.sum(-1) ** 2 / (n * (w * w).sum(-1))
+    return np.where(ok, ess, np.nan)
+
+
+def run_summary(proj, log_w, threshold: float = COLLAPSE_STD) -> dict[str, np.ndarray]:
+    """Per-run metrics from flow samples.
+
+    Args:
+      proj: ``<mu*, x>`` of n samples per run, shape (runs, n).
+      log_w: importance log-weights ``log pi(x) - log q(x)`` of the same samples, shape (runs, n).
+      threshold: collapse threshold on std(proj).
+    Returns:
+      dict of arrays of shape (runs,): ``collapsed``, ``failed`` (bool), ``proj_std``,
+      ``proj_mean``, ``mass_plus``, ``ess``, ``kl`` (= -mean log_w: the KL(q || pi) when log pi is
+      normalised). A run with any non-finite sample or weight is failed (its metrics may be NaN).
+    """
+    proj = np.asarray(proj, dtype=np.float64)
+    log_w = np.asarray(log_w, dtype=np.float64)
+    if proj.ndim != 2 or log_w.shape != proj.shape:
+        raise ValueError(f"proj and log_w must both have shape (runs, n), got {proj.shape}, "
+                         f"{log_w.shape}")
+    failed = failed_runs(proj, log_w)
+    with np.errstate(invalid="ignore", over="ignore"):
+        std = np.where(failed, np.nan, proj.std(axis=-1))
+        mean = np.where(failed, np.nan, proj.mean(axis=-1))
+        kl = np.where(failed, np.nan, -log_w.mean(axis=-1))
+    collapsed, _ = collapse_flags(std, threshold)
+    return {"collapsed": collapsed, "failed": failed, "proj_std": std, "proj_mean": mean,
+            "mass_plus": np.where(failed, np.nan, mass_plus(proj)),
+            "ess": np.where(failed, np.nan, ess_fraction(log_w)), "kl": kl}
+
+
+def wilson_interval(k, n, z: float = 1.96):
+    """Wilson score interval for a binomial proportion (vectorised).
+
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k/n``.
+
+    Args:
+      k: successes, integer array-like (0 <= k <= n).
+      n: trials, integer array-like (>= 0), broadcast with k.
+      z: normal quantile (> 0); 1.96 for 95 %.
+    Returns:
+      ``(lo, hi)`` arrays; ``(0, 1)`` where ``n == 0`` (no information).
+    """
+    z = check_positive("z", z)
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if np.any(~np.isfinite(k)) or np.any(~np.isfinite(n)):
+        raise ValueError("k and n must be finite")
+    if np.any(n < 0) or np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"need 0 <= k <= n with n >= 0, got k={k!r}, n={n!r}")
+    k, n = np.broadcast_arrays(k, n)
+    empty = n == 0
+    nn = np.where(empty, 1.0, n)
+    p = k / nn
+    z2 = z * z
+    centre = (p + z2 / (2 * nn)) / (1 + z2 / nn)
+    half = z * np.sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn)) / (1 + z2 / nn)
+    lo = np.where(empty, 0.0, np.clip(centre - half, 0.0, 1.0))
+    hi = np.where(empty, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return lo, hi
+
+
+def collapse_rate(collapsed, failed, z: float = 1.96) -> dict[str, np.ndarray]:
+    """Collapse probability over the non-failed runs (last axis), with its Wilson interval.
+
+    Returns a dict with ``k`` (collapsed), ``n`` (non-failed), ``n_failed``, ``p`` (k/n, NaN if
+    n = 0), ``lo``, ``hi``; shapes are those of the inputs without the last axis.
+    """
+    c = np.asarray(collapsed, dtype=bool)
+    f = np.asarray(failed, dtype=bool)
+    if c.shape != f.shape:
+        raise ValueError(f"collapsed and failed must have the same shape, got {c.shape}, {f.shape}")
+    k = np.sum(c & ~f, axis=-1)
+    n = np.sum(~f, axis=-1)
+    lo, hi = wilson_interval(k, n, z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+    return {"k": k, "n": n, "n_failed": np.sum(f, axis=-1), "p": p, "lo": lo, "hi": hi}

@@ -1,0 +1,148 @@
+"""Chapter 1's opening experiment: vanilla VI, vanilla VI from a covering init, annealed VI.
+
+Paper protocol (DESIGN 3 and issue 2): d = 128, R = 3, w* = 0.8; vanilla runs use beta = 1 for
+100 steps from sigma^2(0) = 1 ("standard") or sigma^2(0) = 10 R^2 ("covering"); the annealed run
+uses the exponential schedule from beta_i = 1/(10 R^2) with t0 = 700 for 800 steps and
+sigma^2(0) = 1/beta_i. Every run is repeated over ``n_seeds`` seeds (vmapped) so that the chapter
+can report collapse frequencies, not anecdotes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import matplotlib.pyplot as plt
+from scipy.stats import norm
+
+from .config import DemoConfig
+from .schedules import SCHEDULES, Schedule
+from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
+from .targets import Target, make_target
+
+__all__ = ["OpeningRun", "run_opening_experiment", "marginal_along_mu_star",
+           "student_marginal", "plot_schedules", "plot_opening_marginals", "plot_variances"]
+
+
+class OpeningRun(NamedTuple):
+    """One arm of the opening experiment: its label, schedule and trajectories (seeds x steps)."""
+
+    label: str
+    schedule: Schedule
+    var0: float
+    traj: Trajectory   # arrays of shape (n_seeds, n_iter + 1), as NumPy
+    collapsed: np.ndarray
+    failed: np.ndarray
+
+
+def run_opening_experiment(cfg: DemoConfig, n_seeds: int = 16) -> dict[str, OpeningRun]:
+    """Run the three arms over ``n_seeds`` seeds each (same initial means across arms).
+
+    Returns a dict with keys ``vanilla``, ``covering``, ``annealed``.
+    """
+    p = cfg.problem
+    target = make_target(p.d, p.R, p.w_star)
+    hyper = Hyper(lr=p.lr, batch=p.batch)
+    init_keys, noise_keys = seed_keys(cfg.seed, n_seeds)
+    arms = {
+        "vanilla": ("vanilla VI, $\\sigma^2(0)=1$", Schedule("constant", 1.0, 1.0),
+                    cfg.n_iter_vanilla, 1.0),
+        "covering": (f"vanilla VI, $\\sigma^2(0)={cfg.covering_var_factor:g}R^2$",
+                     Schedule("constant", 1.0, 1.0), cfg.n_iter_vanilla,
+                     cfg.covering_var_factor * p.R**2),
+        "annealed": (f"annealed VI, $\\beta_i=1/({cfg.beta_i_factor:g}R^2)$, $t_0={cfg.t0:g}$",
+                     Schedule("exp", cfg.beta_i, cfg.t0), cfg.n_iter_annealed,
+                     1.0 / cfg.beta_i),
+    }
+    out = {}
+    for name, (label, sched, n_iter, var0) in arms.items():
+        _, traj = simulate_seeds(init_keys, noise_keys, target, sched, n_iter, hyper, var0=var0)
+        traj = Trajectory(*(np.asarray(a) for a in traj))
+        collapsed, failed = classify_collapse(traj.s[:, -1])
+        out[name] = OpeningRun(label, sched, var0, traj, np.asarray(collapsed), np.asarray(failed))
+    return out
+
+
+def marginal_along_mu_star(y, R: float, w_star: float, beta: float = 1.0):
+    """Density of ``<mu*, x>`` under the tempered target pi_beta (normalised numerically on ``y``).
+
+    The projection of pi_beta on mu* is proportional to ``p1(y)^beta`` with
+    ``p1 = w* N(R, 1) + (1-w*) N(-R, 1)`` (the orthogonal part factorises).
+    """
+    y = np.asarray(y, dtype=float)
+    p1 = w_star * norm.pdf(y, R, 1.0) + (1 - w_star) * norm.pdf(y, -R, 1.0)
+    dens = p1**beta
+    return dens / np.trapezoid(dens, y)
+
+
+def student_marginal(y, R: float, m1, m2, var1, var2):
+    """Exact density of ``<mu*, x>`` under the student: ``1/2 N(R m1, var1) + 1/2 N(R m2, var2)``."""
+    y = np.asarray(y, dtype=float)
+    return 0.5 * norm.pdf(y, R * m1, np.sqrt(var1)) + 0.5 * norm.pdf(y, R * m2, np.sqrt(var2))
+
+
+def plot_schedules(beta_i: float, t0: float, n_iter: int, ax=None):
+    """Plot beta(t) of every schedule for one (beta_i, t0); returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    t = np.arange(n_iter + 1)
+    for name in SCHEDULES:
+        ax.plot(t, np.asarray(Schedule(name, beta_i, t0)(t)), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step $t$")
+    ax.set_ylabel(r"inverse temperature $\beta(t)$")
+    ax.axvline(t0, color="gray", ls=":", lw=1)
+    ax.legend(title=f"$\\beta_i={beta_i:.3g}$, $t_0={t0:g}$", fontsize=8)
+    return fig
+
+
+def plot_opening_marginals(runs: dict[str, OpeningRun], R: float, w_star: float, seed: int = 0,
+                           n_times: int = 4):
+    """Marginal along mu* of target (tempered at the current beta) and student, at ``n_times`` times
+    per arm, for one seed. Returns the figure (rows = arms, columns = times)."""
+    y = np.linspace(-R - 8, R + 8, 801)
+    fig, axes = plt.subplots(len(runs), n_times, figsize=(2.6 * n_times, 2.1 * len(runs)),
+                             sharex=True, sharey=True)
+    for row, (name, run) in enumerate(runs.items()):
+        tr = run.traj
+        n = tr.s.shape[1] - 1
+        times = np.unique(np.round(np.linspace(0, n, n_times)).astype(int))
+        for col, t in enumerate(times):
+            ax = axes[row, col]
+            beta = float(tr.beta[seed, t])
+            ax.fill_between(y, marginal_along_mu_star(y, R, w_star, 1.0), color="0.85",
+                            label=r"target $\pi$")
+            if beta < 1:
+                ax.plot(y, marginal_along_mu_star(y, R, w_star, beta), "k--", lw=1,
+                        label=r"tempered $\pi_\beta$")
+            ax.plot(y, student_marginal(y, R, tr.m1[seed, t], tr.m2[seed, t], tr.var1[seed, t],
+                                        tr.var2[seed, t]), lw=1.6, label="student $q$")
+            ax.set_title(f"{name}: $t={t}$, $\\beta={beta:.3g}$", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("density")
+            if row == len(runs) - 1:
+                ax.set_xlabel(r"$\langle \mu^*, x\rangle$")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_variances(run: OpeningRun):
+    """Variance dynamics of the annealed arm against the equilibrium 1/beta (all seeds)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    tr = run.traj
+    t = np.arange(tr.s.shape[1])
+    for k, v in ((1, tr.var1), (2, tr.var2)):
+        lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
+        line, = ax.plot(t, med, label=f"$\\sigma_{k}^2$ (median over seeds)")
+        ax.fill_between(t, lo, hi, color=line.get_color(), alpha=0.25,
+                        label=f"$\\sigma_{k}^2$ 5-95% band")
+    ax.plot(t, 1.0 / tr.beta[0], "k--", lw=1, label=r"$1/\beta(t)$")
+    ax.set_yscale("log")
+    ax.set_xlabel("step $t$")
+    ax.set_ylabel(r"variance $\sigma_k^2$")
+    ax.legend(fontsize=8)
+    return fig

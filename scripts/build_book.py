@@ -1,0 +1,69 @@
+"""Build the book: invalidate the execution cache when the library or preset changed, then run
+``jupyter-book build -W --keep-going`` so that any notebook error or Sphinx warning fails.
+
+myst-nb's execution cache keys on notebook code only; the results also depend on
+``annealvi_lib`` and on ``ANNEALVI_PRESET``. We hash both into ``<build>/.exec_key`` and clear the
+cache when the key changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def library_key() -> str:
+    """Hash of every library source file plus the active preset."""
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "annealvi_lib").rglob("*.py")):
+        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    h.update(os.environ.get("ANNEALVI_PRESET", "book").encode())
+    return h.hexdigest()[:16]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--build-dir", default="_build", help="output folder (default: _build)")
+    args = ap.parse_args()
+    build = Path(args.build_dir)
+    if not build.is_absolute():
+        build = ROOT / build
+    build.mkdir(parents=True, exist_ok=True)
+    key_file = build / ".exec_key"
+    key = library_key()
+    cache = build / ".jupyter_cache"
+    if not key_file.exists() or key_file.read_text() != key:
+        if cache.exists():
+            print(f"[build_book] library or preset changed: clearing {cache}")
+            shutil.rmtree(cache)
+    # a per-build config whose execution cache lives inside this build folder, so that a
+    # quick-preset build elsewhere (the test suite) never touches the main cache
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config.setdefault("execute", {})["cache"] = str(cache)
+    generated = build / "_config.generated.yml"
+    generated.write_text(yaml.safe_dump(config, sort_keys=False))
+    jb = Path(sys.executable).with_name("jupyter-book")
+    # --path-output is the folder that will contain _build; the cache path in _config.yml is
+    # relative to the book root, so pass it explicitly to keep cache and key side by side
+    cmd = [str(jb), "build", str(ROOT), "--path-output", str(build.parent), "-W", "--keep-going",
+           "--config", str(generated)]
+    env = dict(os.environ)
+    print("[build_book]", " ".join(cmd), f"(ANNEALVI_PRESET={env.get('ANNEALVI_PRESET', 'book')})")
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    if rc == 0:
+        key_file.write_text(key)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Validation of the reduced O(B + d) sampler against the exact O(B d) sampler of student.py.
+
+Three levels: (1) sample by sample, with shared noise, the reduced loss and gradients equal the
+exact ones (deterministic identity, float tolerance); (2) the two approximations of the reduced
+sampler (Wishart law of the perpendicular Gram, Wilson-Hilferty chi-square) and the resulting
+one-step law of the statistics agree with the exact ones within Monte-Carlo standard errors;
+(3) collapse rates agree within binomial error on two cells.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from annealvi_lib import reduced as rd
+from annealvi_lib import student as st
+from annealvi_lib.schedules import Schedule
+from annealvi_lib.targets import make_target
+
+D_TEST = 64
+R = 3.0
+W_STAR = 0.8
+
+
+def _gram_schmidt(vectors):
+    out = []
+    for v in vectors:
+        w = v - sum(np.dot(v, o) * o for o in out)
+        out.append(w / np.linalg.norm(w))
+    return np.array(out)
+
+
+def _student_at(stats: rd.ReducedState, d: int) -> st.StudentState:
+    """A d-dimensional student whose statistics are ``stats`` (mu* = e1)."""
+    mu3 = rd.span_coords(stats.m, stats.s, R)
+    return st.StudentState(mu=jnp.zeros((2, d)).at[:, :3].set(mu3), var=stats.var)
+
+
+STATE = rd.ReducedState(m=jnp.array([0.3, -0.2]), s=jnp.array(-0.5), var=jnp.array([2.0, 3.0]))
+
+
+def _split_noise(state, z, d):
+    """Project d-dim noise on the span basis: in-span coordinates, perpendicular parts, r^2."""
+    mu = np.asarray(state.mu, float)
+    e1 = np.zeros(d)
+    e1[0] = 1.0
+    basis = _gram_schmidt([e1, mu[0], mu[1]])
+    zn = np.asarray(z, float)
+    zs = zn @ basis.T
+    zp = zn - zs @ basis
+    return basis, zs, zp, (zp**2).sum(-1)
+
+
+def test_span_coords_reproduce_statistics():
+    for m, s in [((0.3, -0.2), -0.5), ((0.9, -0.9), -1.0), ((1.0, 0.4), 0.4), ((0.0, 0.0), 0.0)]:
+        mu = np.asarray(rd.span_coords(jnp.array(m), jnp.array(s), R), float) / R
+        assert np.allclose(np.linalg.norm(mu, axis=1), 1.0, atol=1e-3)
+        assert np.allclose(mu[:, 0], m, atol=1e-6)
+        assert abs(mu[0] @ mu[1] - s) < 1e-5
+        assert np.all(np.isfinite(mu))
+
+
+@pytest.mark.parametrize("beta", [0.05, 1.0])
+def test_reduced_gradients_equal_exact_with_shared_noise(beta):
+    """Same noise -> same loss, in-span gradient, variance gradient and perpendicular gradient."""
+    d, B = D_TEST, 32
+    target = make_target(d, R, W_STAR)
+    state = st.StudentState(mu=st.init_student(jax.random.key(3), d, R, 1.0).mu,
+                            var=jnp.array([2.0, 1.3]))
+    z = jax.random.normal(jax.random.key(5), (2, B, d))
+    loss, grads = jax.value_and_grad(st.mc_loss)(state, target, beta, z)
+    basis, zs, zp, r2 = _split_noise(state, z, d)
+    stats = rd.reduced_from_student(state, target)
+    mu3 = rd.span_coords(stats.m, stats.s, R)
+    # the coordinates are those of the means in the Gram-Schmidt basis (mu*, mu1, mu2)
+    assert np.allclose(np.asarray(mu3), np.asarray(state.mu, float) @ basis.T, atol=2e-6 * R)
+    g = np.asarray(grads.mu, float)
+    g_perp = g - (g @ basis.T) @ basis
+    zs32, r232 = jnp.asarray(zs, jnp.float32), jnp.asarray(r2, jnp.float32)
+    for fn in (rd.reduced_grads, rd.reduced_grads_fast):
+        out = fn(mu3, state.var, zs32, r232, beta, R, W_STAR, d)
+        l_red, g_mu, g_var, a = out[:4]
+        # float32 round-off of sums of O(B) terms of size O(d): relative 1e-5
+        assert abs(float(l_red) - float(loss)) <= 1e-5 * max(1.0, abs(float(loss)))
+        scale = np.abs(g).max()
+        assert np.allclose(np.asarray(g_mu), g @ basis.T, atol=1e-5 * scale)
+        assert np.allclose(np.asarray(g_var), np.asarray(grads.var), rtol=1e-4, atol=1e-5)
+        v = np.einsum("jkb,kbd->jd", np.asarray(a, float), zp)
+        assert np.abs(v - g_perp).max() <= 1e-5 * np.abs(g_perp).max()
+    _, _, _, a, S = rd.reduced_grads_fast(mu3, state.var, zs32, r232, beta, R, W_STAR, d)
+    C = (np.asarray(a, float) * np.sqrt(r2)[None]).reshape(2, -1)
+    assert np.allclose(np.asarray(S), C @ C.T, rtol=1e-4)
+
+
+def test_gradient_expectations_match_exact():
+    """(a) Monte-Carlo means of the in-span and variance gradients, reduced vs exact sampler.
+
+    N independent batches each; |mean_exact - mean_reduced| <= 4 * SE (SE from the spread over
+    batches, 8 quantities compared: family-wise false-alarm ~ 5e-4).
+    """
+    d, B, N, beta = D_TEST, 256, 200, 0.3
+    target = make_target(d, R, W_STAR)
+    full = _student_at(STATE, d)
+    mu3 = rd.span_coords(STATE.m, STATE.s, R)
+
+    def exact(k):
+        z = jax.random.normal(k, (2, B, d))
+        gr = jax.grad(st.mc_loss)(full, target, beta, z)
+        return jnp.concatenate([gr.mu[:, :3].ravel(), gr.var])
+
+    def reduced(k):
+        zs, r2, _ = rd._draw(k, B, d)
+        _, g_mu, g_var, _, _ = rd._fast_grads_soa(mu3, STATE.var, zs, r2, beta, R, W_STAR, d)
+        return jnp.concatenate([g_mu.ravel(), g_var])
+
+    ge = np.asarray(jax.jit(jax.vmap(exact))(jax.random.split(jax.random.key(10), N)), float)
+    gr = np.asarray(jax.jit(jax.vmap(reduced))(jax.random.split(jax.random.key(11), N)), float)
+    se = np.sqrt(ge.var(0, ddof=1) / N + gr.var(0, ddof=1) / N)
+    z = np.abs(ge.mean(0) - gr.mean(0)) / se
+    assert np.all(z < 4.0), z
+
+
+def test_chi2_sampler_moments():
+    """Wilson-Hilferty chi^2_D (D >= 30) and gamma chi^2_D (small D): mean D and variance 2D,
+    within 4 SE (SE of the variance from the exact 4th central moment 12 D^2 + 48 D)."""
+    n = 200_000
+    for dof in (10, 61, 509):
+        x = np.asarray(rd.sample_chi2(jax.random.key(dof), dof, (n,)), float)
+        assert abs(x.mean() - dof) < 4 * math.sqrt(2 * dof / n)
+        m4 = 12.0 * dof**2 + 48.0 * dof
+        assert abs(x.var() - 2 * dof) < 4 * math.sqrt((m4 - 4.0 * dof**2) / n)
+
+
+def _se_var(x):
+    """Standard error of the sample variance (from the sample 4th central moment)."""
+    c = x - x.mean(0)
+    return np.sqrt((np.mean(c**4, 0) - np.mean(c**2, 0) ** 2) / len(x))
+
+
+def test_wishart_gram_matches_sphere_law():
+    """The Gram of v_j = sum_b C_jb n_b (n_b independent uniform unit vectors in D dims) against
+    the sampled Wishart_2(D, S/D), S = C C^T.
+
+    Means: both equal S (4 SE). Variances: hand-derived, Var<n_b, n_b'> = 1/D gives for the
+    sphere law Var G_00 = (2/D)(S_00^2 - sum_b C_0b^4) and
+    Var G_01 = (S_00 S_11 + S_01^2 - 2 sum_b C_0b^2 C_1b^2)/D, while the Wishart has
+    2 S_00^2/D and (S_00 S_11 + S_01^2)/D: the stated O(1/B) relative difference. Each sample
+    variance is checked against its own formula within 4 SE.
+    """
+    D, nb, N = 61, 24, 20_000
+    rng = np.random.default_rng(0)
+    C = rng.normal(size=(2, nb)) * np.array([[1.0], [0.5]]) + 0.3
+    S = C @ C.T
+    n = rng.normal(size=(N, nb, D))
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    v = np.einsum("jb,nbd->njd", C, n)
+    exact = np.einsum("njd,nkd->njk", v, v)
+    keys = jax.random.split(jax.random.key(4), N)
+
+    def wish(k):
+        _, _, bart = rd._draw(k, 1, D + 3)
+        V = rd.perp_factor(jnp.asarray(S, jnp.float32), bart)
+        return V @ V.T
+
+    wis = np.asarray(jax.jit(jax.vmap(wish))(keys), float)
+    c4 = (C[0] ** 2 * C[1] ** 2).sum()
+    predicted = {
+        (0, 0): (2 * (S[0, 0] ** 2 - (C[0] ** 4).sum()) / D, 2 * S[0, 0] ** 2 / D),
+        (1, 1): (2 * (S[1, 1] ** 2 - (C[1] ** 4).sum()) / D, 2 * S[1, 1] ** 2 / D),
+        (0, 1): ((S[0, 0] * S[1, 1] + S[0, 1] ** 2 - 2 * c4) / D,
+                 (S[0, 0] * S[1, 1] + S[0, 1] ** 2) / D),
+    }
+    for (i, j), (var_sphere, var_wishart) in predicted.items():
+        a, b = exact[:, i, j], wis[:, i, j]
+        assert abs(a.mean() - S[i, j]) < 4 * a.std() / math.sqrt(N)
+        assert abs(b.mean() - S[i, j]) < 4 * b.std() / math.sqrt(N)
+        assert abs(a.var() - var_sphere) < 4 * _se_var(a)
+        assert abs(b.var() - var_wishart) < 4 * _se_var(b)
+        assert 1.0 - var_sphere / var_wishart < 3.0 / nb     # the O(1/B) relative difference
+
+
+def test_one_step_law_matches_exact():
+    """(b) The one-step update of (m1, m2, s, var1, var2) from a fixed state: mean and variance
+    agree with the exact sampler's within 4 SE (SE of a variance from the sample 4th moment;
+    10 comparisons -> family-wise false alarm ~ 6e-4). Small B = 16 makes the O(1/B) Wishart
+    term as large as it gets in practice."""
+    d, B, N, beta = D_TEST, 16, 6000, 0.3
+    target = make_target(d, R, W_STAR)
+    hyper = st.Hyper(0.05, B)
+    full = _student_at(STATE, d)
+    ex = jax.jit(jax.vmap(lambda k: rd.reduced_from_student(
+        st.jko_step(full, k, target, beta, hyper)[0], target)))(
+        jax.random.split(jax.random.key(1), N))
+    red = jax.jit(jax.vmap(lambda k: rd.reduced_step(STATE, k, target, beta, hyper)[0]))(
+        jax.random.split(jax.random.key(2), N))
+
+    def cols(x):
+        return np.stack([np.asarray(x.m[:, 0]), np.asarray(x.m[:, 1]), np.asarray(x.s),
+                         np.asarray(x.var[:, 0]), np.asarray(x.var[:, 1])], 1).astype(float)
+
+    a, b = cols(ex), cols(red)
+    se_mean = np.sqrt(a.var(0) / N + b.var(0) / N)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se_mean)
+
+    assert np.all(np.abs(a.var(0) - b.var(0)) < 4 * np.hypot(_se_var(a), _se_var(b)))
+    # the step is not trivial: the mean drift of m1 is many SE away from zero
+    assert abs(b[:, 0].mean() - 0.3) > 10 * se_mean[0]
+
+
+@pytest.mark.parametrize("schedule,n_iter", [
+    (Schedule("constant", 1.0, 1.0), 80),
+    (Schedule("exp", 0.01, 60.0), 140),
+])
+def test_collapse_rates_match_exact(schedule, n_iter):
+    """(c) Collapse rates of the two samplers within binomial error:
+    |p1 - p2| <= 3 sqrt(p1 (1-p1)/n + p2 (1-p2)/n) (cells chosen with intermediate p, ~0.4-0.65,
+    at d = 64), with identical initial statistics (same init keys)."""
+    d, B, S = D_TEST, 64, 128
+    target = make_target(d, R, W_STAR)
+    hyper = st.Hyper(0.05, B)
+    ik, nk = st.seed_keys(7, S)
+    fe, _ = st.simulate_seeds(ik, nk, target, schedule, n_iter, hyper, record=False)
+    fr, tr = rd.simulate_reduced_seeds(ik, nk, target, schedule, n_iter, hyper, record=True)
+    s_exact = jax.vmap(lambda mu: mu[0] @ mu[1])(fe.mu) / R**2
+    init = jax.vmap(lambda k: rd.init_reduced(k, target, 1.0 / schedule.beta_i))(ik)
+    assert np.array_equal(np.asarray(tr.s[:, 0]), np.asarray(init.s))
+    assert np.array_equal(np.asarray(tr.s[:, -1]), np.asarray(fr.s))
+    ce, fail_e = st.classify_collapse(s_exact)
+    cr, fail_r = st.classify_collapse(fr.s)
+    assert not bool(fail_e.any()) and not bool(fail_r.any())
+    p1, p2 = float(ce.mean()), float(cr.mean())
+    assert 0.1 < p1 < 0.9
+    assert abs(p1 - p2) <= 3 * math.sqrt(p1 * (1 - p1) / S + p2 * (1 - p2) / S)
+
+
+def test_initial_statistics_identical_and_deterministic():
+    d = D_TEST
+    target = make_target(d, R, W_STAR)
+    ik, nk = st.seed_keys(0, 4)
+    sch = Schedule("exp", 0.1, 20.0)
+    _, te = st.simulate_seeds(ik, nk, target, sch, 3, st.Hyper(0.05, 8))
+    _, tr = rd.simulate_reduced_seeds(ik, nk, target, sch, 3, st.Hyper(0.05, 8))
+    for f in ("m1", "m2", "s", "var1", "var2", "beta"):
+        assert np.array_equal(np.asarray(getattr(te, f)[:, 0]), np.asarray(getattr(tr, f)[:, 0]))
+    _, tr2 = rd.simulate_reduced_seeds(ik, nk, target, sch, 3, st.Hyper(0.05, 8))
+    for f in tr._fields:
+        assert np.array_equal(np.asarray(getattr(tr, f)), np.asarray(getattr(tr2, f)))
+    assert tr.kl.shape == (4, 4) and np.all(np.isfinite(np.asarray(tr.kl)))
+
+
+def test_nonfinite_run_is_failed():
+    target = make_target(D_TEST, R, W_STAR)
+    bad = rd.ReducedState(m=jnp.array([0.1, jnp.nan]), s=jnp.array(0.0), var=jnp.ones(2))
+    final, _ = rd.simulate_reduced(jax.random.key(0), bad, target, Schedule("constant"), 3,
+                                   st.Hyper(0.05, 8), record=False)
+    collapsed, failed = st.classify_collapse(final.s)
+    assert bool(failed) and not bool(collapsed)
+
+
+def test_invalid_inputs_raise():
+    ik, nk = st.seed_keys(0, 2)
+    with pytest.raises(ValueError, match="d"):
+        rd.simulate_reduced_seeds(ik, nk, make_target(4, R, W_STAR), Schedule(), 2)
+    with pytest.raises(ValueError, match="n_iter"):
+        rd.simulate_reduced_seeds(ik, nk, make_target(D_TEST, R, W_STAR), Schedule(), -1)
+    with pytest.raises(ValueError, match="var0"):
+        rd.simulate_reduced_seeds(ik, nk, make_target(D_TEST, R, W_STAR), Schedule(), 2,
+                                  var0=0.0)
