@@ -1,0 +1,161 @@
+"""Command line: ``python -m annealvi_lib {grid,merge,figures} ...``.
+
+Bad arguments exit with status 2 and a one-line message naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+from .config import PRESET_NAMES, get_preset
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ap = _Parser(prog="python -m annealvi_lib", formatter_class=fmt,
+                 description="annealvi: reproduce the book's Monte-Carlo grids and figures.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("grid", formatter_class=fmt,
+                       help="run a collapse-probability grid over (beta_i, t0)",
+                       description="Run a Monte-Carlo collapse grid and write <study>_grid.csv "
+                                   "and <study>_runs.csv; cells are cached and resumable.")
+    g.add_argument("study", choices=["gmm", "realnvp"], help="which student")
+    g.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    g.add_argument("--beta-i", type=_floats, default=None,
+                   help="initial inverse temperatures, comma-separated, each in (0, 1] "
+                        "(default: the preset's grid)")
+    g.add_argument("--t0", type=_floats, default=None,
+                   help="annealing times in steps, comma-separated, each > 0 (default: preset)")
+    g.add_argument("--seeds", type=int, default=None, help="replicates per cell (default: preset)")
+    g.add_argument("--batch", type=int, default=None,
+                   help="Monte-Carlo batch (GMM: samples per component) (default: preset)")
+    g.add_argument("--n-iter-extra", type=int, default=None,
+                   help="steps after t0: each run has n_iter = t0 + this (default: preset)")
+    g.add_argument("--sampler", choices=["exact", "fast"], default=None,
+                   help="GMM sampler: O(B d) exact or O(B + d) fast (default: preset's, fast)")
+    g.add_argument("--seed", type=int, default=None, help="master seed (default: preset's, 0)")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only cells i with i %% N == K (0 <= K < N), for job arrays")
+    g.add_argument("--out", default=".", help="output folder for the CSV files")
+    g.add_argument("--cache-dir", default=None,
+                   help="results cache folder (default: $ANNEALVI_CACHE or <repo>/results)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    m = sub.add_parser("merge", formatter_class=fmt, help="merge shard CSVs into one",
+                       description="Merge *_grid.csv (or *_runs.csv) files from --shard runs.")
+    m.add_argument("inputs", nargs="+", help="CSV files to merge")
+    m.add_argument("--out", required=True, help="merged CSV path")
+    return ap
+
+
+def _grid_config(args):
+    preset = get_preset(args.preset)
+    cfg = preset.gmm_grid if args.study == "gmm" else preset.realnvp_grid
+    changes = {}
+    if args.beta_i is not None:
+        for b in args.beta_i:
+            if not (math.isfinite(b) and 0 < b <= 1):
+                raise ValueError(f"--beta-i values must lie in (0, 1], got {b!r}")
+        if args.study == "gmm":
+            changes["log10_beta_r2"] = tuple(math.log10(b * cfg.problem.R**2) for b in args.beta_i)
+        else:
+            changes["log10_beta_9"] = tuple(math.log10(b * 9.0) for b in args.beta_i if b < 1)
+            changes["include_beta_one"] = any(b == 1 for b in args.beta_i)
+    if args.t0 is not None:
+        for t in args.t0:
+            if not (math.isfinite(t) and t > 0):
+                raise ValueError(f"--t0 values must be > 0, got {t!r}")
+        changes["t0s"] = tuple(args.t0)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be an integer >= 1, got {args.seeds}")
+        changes["n_seeds"] = args.seeds
+    if args.n_iter_extra is not None:
+        if args.n_iter_extra < 0:
+            raise ValueError(f"--n-iter-extra must be an integer >= 0, got {args.n_iter_extra}")
+        changes["n_iter_extra"] = args.n_iter_extra
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        changes["seed"] = args.seed
+    if args.batch is not None:
+        if args.batch < 1:
+            raise ValueError(f"--batch must be an integer >= 1, got {args.batch}")
+        if args.study == "gmm":
+            changes["problem"] = dataclasses.replace(cfg.problem, batch=args.batch)
+        else:
+            changes["batch"] = args.batch
+    if args.sampler is not None:
+        if args.study != "gmm":
+            raise ValueError("--sampler applies to the gmm study only")
+        changes["sampler"] = args.sampler
+    return dataclasses.replace(cfg, **changes)
+
+
+def _cmd_grid(args) -> int:
+    from .grid import parse_shard, run_grid, write_grid_csv
+    from .paths import cache_dir
+
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        raise ValueError(f"--shard: {exc}") from None
+    cfg = _grid_config(args)
+    cache = cache_dir(args.cache_dir)
+    print(f"[annealvi] {args.study} grid, preset {args.preset}, {len(cfg.beta_is)} x "
+          f"{len(cfg.t0s)} cells x {cfg.n_seeds} seeds; cache: {cache}", file=sys.stderr)
+    result = run_grid(args.study, cfg, shard=shard, cache=cache,
+                      progress=False if args.no_progress else None)
+    grid_csv, runs_csv = write_grid_csv(result, args.out, args.study)
+    print(f"[annealvi] wrote {grid_csv} and {runs_csv}", file=sys.stderr)
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from .grid import merge_grid_csvs
+
+    for p in args.inputs:
+        if not Path(p).exists():
+            raise ValueError(f"inputs: no such file {p}")
+    out = merge_grid_csvs(args.inputs, args.out)
+    print(f"[annealvi] wrote {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"grid": _cmd_grid, "merge": _cmd_merge}[args.command]
+    try:
+        return handler(args)
+    except ValueError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
