@@ -112,3 +112,10 @@ def test_cli_writes_csv(tmp_path):
     g = read_grid_csv(tmp_path / "gmm_grid.csv")
     assert g["n_runs"].tolist() == [4.0] and g["beta_i"][0] == pytest.approx(0.01)
     assert (tmp_path / "gmm_runs.csv").exists()
+
+
+def test_worker_processes_give_identical_results(reference, tmp_path):
+    res = run_grid("gmm", CFG, cache=tmp_path / "cache", progress=False, workers=2)
+    grid_csv, runs_csv = write_grid_csv(res, tmp_path, "gmm")
+    assert grid_csv.read_text() == reference[1]
+    assert runs_csv.read_text() == reference[2]
