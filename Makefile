@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= $(or $(ANNEALVI_PRESET),book)
 BUILD_DIR ?= _build
 
-.PHONY: book test test-fast figures bench clean env
+.PHONY: book test test-fast figures bench vendor clean env
 
 env: $(STAMP)
 
@@ -33,8 +33,12 @@ test-fast: $(STAMP)
 figures: $(STAMP)
 	$(VPY) -m annealvi_lib figures --preset $(PRESET)
 
+# offline web assets (MathJax) for the site; build_book.py also does this before every build
+vendor: $(STAMP)
+	$(VPY) scripts/vendor_assets.py
+
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_student.py
 
 clean:
-	rm -rf _build figures .pytest_cache
+	rm -rf _build figures .pytest_cache book/_vendor

@@ -23,6 +23,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: ...)" to every option's help unless the help already states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _floats(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.replace(",", " ").split()]
@@ -34,9 +44,13 @@ def _floats(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     ap = _Parser(prog="python -m annealvi_lib", formatter_class=fmt,
-                 description="annealvi: reproduce the book's Monte-Carlo grids and figures.")
+                 description="annealvi: reproduce the book's Monte-Carlo grids and figures.",
+                 epilog="Run 'python -m annealvi_lib COMMAND --help' for the options of a "
+                        "command and their defaults. Results are cached in $ANNEALVI_CACHE "
+                        "(default: <repo>/results) or --cache-dir; the size preset is one of "
+                        f"{', '.join(PRESET_NAMES)}.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("grid", formatter_class=fmt,
@@ -69,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Merge *_grid.csv (or *_runs.csv) files from --shard runs.")
     m.add_argument("inputs", nargs="+", help="CSV files to merge")
     m.add_argument("--out", required=True, help="merged CSV path")
+
+    f = sub.add_parser("figures", formatter_class=fmt, help="regenerate the book's figures",
+                       description="Regenerate book figures as PDF and 300-dpi PNG, from cached "
+                                   "results when present, computing them otherwise.")
+    f.add_argument("names", nargs="*", metavar="NAME",
+                   help="figure names or globs such as 'ch1_*' (default: all; see --list)")
+    f.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    f.add_argument("--out", default=None,
+                   help="output folder (default: $ANNEALVI_FIGURES or <repo>/figures)")
+    f.add_argument("--cache-dir", default=None,
+                   help="results cache folder (default: $ANNEALVI_CACHE or <repo>/results)")
+    f.add_argument("--list", action="store_true", help="list the figure names with their chapter")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
 
 
@@ -146,10 +173,42 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _cmd_figures(args) -> int:
+    import os
+
+    from . import figures
+    from .paths import cache_dir, figures_dir
+
+    if args.list:
+        specs = figures.select(args.names)
+        width = max(len(s.name) for s in specs)
+        for s in specs:
+            print(f"{s.name:<{width}}  chapter {s.chapter}  {s.description}")
+        return 0
+    specs = figures.select(args.names)   # validates every name before any computation
+    preset = get_preset(args.preset)
+    # figure functions read the cache through paths.cache_dir(); the flag overrides it for this
+    # process only
+    if args.cache_dir is not None:
+        os.environ["ANNEALVI_CACHE"] = str(Path(args.cache_dir).resolve())
+    cache = cache_dir()
+    out = figures_dir(args.out)
+    print(f"[annealvi] {len(specs)} figure(s), preset {args.preset}; cache: {cache}; out: {out}",
+          file=sys.stderr)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(specs, unit="figure", disable=True if args.no_progress else None)
+    for spec in bar:
+        bar.set_description(spec.name)
+        paths = figures.save(spec.name, preset, out)
+        print(f"[annealvi] wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"grid": _cmd_grid, "merge": _cmd_merge}[args.command]
+    handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures}[args.command]
     try:
         return handler(args)
     except ValueError as exc:

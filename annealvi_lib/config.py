@@ -101,10 +101,29 @@ class OdeCheckConfig:
     batches: tuple = (64, 256, 1024, 4096)
     n_seeds: int = 8
     seed: int = 0
+    # error-scaling scans: shorter exp schedule (beta_i as above), d-scan at fixed scan_batch,
+    # B-scan (over ``batches``) at fixed scan_d
+    scan_t0: float = 400.0
+    scan_n_iter: int = 450
+    scan_batch: int = 1024
+    scan_d: int = 32
+    # variance lag: slow vs fast annealing from beta_i = lag_beta_i (n_iter = t0 + 50)
+    lag_beta_i: float = 1e-3
+    lag_t0s: tuple = (100.0, 800.0)
+    lag_d: int = 256
+    lag_batch: int = 1024
 
     def __post_init__(self):
         check_int_at_least("n_iter", self.n_iter, 1)
         check_int_at_least("n_seeds", self.n_seeds, 1)
+        check_positive("scan_t0", self.scan_t0)
+        check_int_at_least("scan_n_iter", self.scan_n_iter, 1)
+        check_int_at_least("scan_batch", self.scan_batch, 1)
+        check_int_at_least("scan_d", self.scan_d, 3)
+        check_beta("lag_beta_i", self.lag_beta_i)
+        _check_t0s("lag_t0s", self.lag_t0s)
+        check_int_at_least("lag_d", self.lag_d, 3)
+        check_int_at_least("lag_batch", self.lag_batch, 1)
         for v in self.dims:
             check_int_at_least("dims", v, 2)
         for v in self.batches:
@@ -126,6 +145,19 @@ class GMMGridConfig:
     n_iter_extra: int = 100
     sampler: str = "fast"
     seed: int = 0
+    # fast-vs-exact validation: cells as (log10(beta_i R^2), t0) and seeds per cell
+    validation_cells: tuple = ((-3.0, 100.0), (-2.0, 400.0), (-1.0, 800.0), (0.0, 300.0))
+    validation_seeds: int = 200
+    # sensitivity of the collapse rate to the batch size B and to the steps after t0
+    sensitivity_cells: tuple = ((-2.0, 200.0), (-1.0, 500.0))
+    sensitivity_batches: tuple = (64, 256, 1024, 4096, 8192)
+    sensitivity_extras: tuple = (100, 400)
+    sensitivity_seeds: int = 200
+    # ODE-propagated theory: initial conditions per cell
+    ode_samples: int = 4096
+    # practical guidance: target probability and seeds of its Monte-Carlo check
+    guidance_p: float = 0.1
+    guidance_seeds: int = 400
 
     def __post_init__(self):
         object.__setattr__(self, "t0s", _check_t0s("t0s", self.t0s))
@@ -133,6 +165,18 @@ class GMMGridConfig:
         check_int_at_least("n_iter_extra", self.n_iter_extra, 0)
         check_choice("sampler", self.sampler, ("exact", "fast"))
         _check_betas("beta_i", self.beta_is)
+        for k, t0 in tuple(self.validation_cells) + tuple(self.sensitivity_cells):
+            check_beta("beta_i", 10.0**k / self.problem.R**2)
+            check_positive("t0", t0)
+        for v in self.sensitivity_batches:
+            check_int_at_least("sensitivity_batches", v, 1)
+        for v in self.sensitivity_extras:
+            check_int_at_least("sensitivity_extras", v, 0)
+        check_int_at_least("validation_seeds", self.validation_seeds, 1)
+        check_int_at_least("sensitivity_seeds", self.sensitivity_seeds, 1)
+        check_int_at_least("ode_samples", self.ode_samples, 1)
+        check_open_unit("guidance_p", self.guidance_p)
+        check_int_at_least("guidance_seeds", self.guidance_seeds, 1)
 
     @property
     def beta_is(self) -> tuple:
@@ -160,7 +204,7 @@ class RealNVPGridConfig:
     norm: str = "beta"             # conditioner input normalisation (realnvp.NORMS)
     out_init_scale: float = 0.1    # last-layer init scale: flow starts near the identity
     n_eval: int = 4096             # fresh flow samples for the final metrics
-    seed_chunk: int = 0            # replicates per vmapped batch (0: all at once)
+    seed_chunk: int = 32           # replicates per vmapped batch (0: all at once); bounds memory
 
     def __post_init__(self):
         check_int_at_least("d", self.d, 2)
@@ -216,13 +260,15 @@ def _book() -> Preset:
         name="book",
         demo=DemoConfig(problem=Problem(d=128, batch=1024)),
         ode_check=OdeCheckConfig(problem=Problem(d=512, batch=1024),
-                                 dims=(64, 128, 256, 512, 1024), batches=(64, 256, 1024, 4096),
+                                 dims=(32, 64, 128, 256), batches=(128, 512, 2048, 8192),
                                  n_seeds=4),
-        gmm_grid=GMMGridConfig(problem=Problem(d=512, batch=1024), n_seeds=100),
+        gmm_grid=GMMGridConfig(problem=Problem(d=512, batch=1024), n_seeds=100,
+                               validation_seeds=100, sensitivity_batches=(64, 256, 1024, 4096),
+                               sensitivity_seeds=100, guidance_seeds=200),
         realnvp_grid=RealNVPGridConfig(
-            d=16, width=64, depth=2, n_layers=4, batch=256,
-            log10_beta_9=(-1.0, -0.5, 0.0, 0.5), t0s=(100.0, 300.0, 600.0),
-            n_seeds=16, n_iter_extra=100),
+            d=8, width=32, depth=2, n_layers=4, batch=128,
+            log10_beta_9=(-1.0, -0.5, 0.0, 0.5), t0s=(200.0, 500.0, 1000.0),
+            n_seeds=32, n_iter_extra=200, n_eval=2048),
     )
 
 
@@ -232,10 +278,17 @@ def _quick() -> Preset:
         demo=DemoConfig(problem=Problem(d=32, batch=128), n_iter_vanilla=40,
                         n_iter_annealed=160, t0=120.0),
         ode_check=OdeCheckConfig(problem=Problem(d=64, batch=128), t0=120.0, n_iter=160,
-                                 dims=(32, 64), batches=(32, 128), n_seeds=2),
+                                 dims=(16, 32), batches=(64, 256), n_seeds=2,
+                                 scan_t0=60.0, scan_n_iter=80, scan_batch=256, scan_d=16,
+                                 lag_t0s=(20.0, 80.0), lag_d=32, lag_batch=128),
         gmm_grid=GMMGridConfig(problem=Problem(d=64, batch=128),
                                log10_beta_r2=(-2.0, 0.5), t0s=(50.0, 150.0),
-                               n_seeds=16, n_iter_extra=30),
+                               n_seeds=16, n_iter_extra=30,
+                               validation_cells=((-2.0, 50.0), (0.0, 150.0)),
+                               validation_seeds=16, sensitivity_cells=((-2.0, 50.0),),
+                               sensitivity_batches=(32, 128), sensitivity_extras=(30, 60),
+                               sensitivity_seeds=16, ode_samples=512, guidance_p=0.2,
+                               guidance_seeds=32),
         realnvp_grid=RealNVPGridConfig(
             d=4, width=16, depth=1, n_layers=2, batch=64, log10_beta_9=(-1.0,),
             t0s=(20.0,), n_seeds=2, n_iter_extra=10),

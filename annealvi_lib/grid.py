@@ -94,7 +94,11 @@ def config_hash(study: str, cfg, **extra) -> str:
     """Hash of the study, the configuration (minus the cell lists, so that a cell is reused when
     the grid grows), extra settings and the library version."""
     d = dataclasses.asdict(cfg)
-    for k in ("log10_beta_r2", "log10_beta_9", "t0s", "include_beta_one", "n_seeds"):
+    # cell lists, replicate counts and the settings of other experiments do not change a cell
+    for k in ("log10_beta_r2", "log10_beta_9", "t0s", "include_beta_one", "n_seeds",
+              "validation_cells", "validation_seeds", "sensitivity_cells", "sensitivity_batches",
+              "sensitivity_extras", "sensitivity_seeds", "ode_samples", "guidance_p",
+              "guidance_seeds"):
         d.pop(k, None)
     payload = json.dumps({"study": study, "cfg": d, "extra": extra, "version": __version__},
                          sort_keys=True, default=str)

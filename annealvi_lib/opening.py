@@ -9,6 +9,12 @@ can report collapse frequencies, not anecdotes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -16,13 +22,17 @@ import numpy as np
 import matplotlib.pyplot as plt
 from scipy.stats import norm
 
+from . import __version__
 from .config import DemoConfig
 from .schedules import SCHEDULES, Schedule
 from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
 from .targets import Target, make_target
 
-__all__ = ["OpeningRun", "run_opening_experiment", "marginal_along_mu_star",
-           "student_marginal", "plot_schedules", "plot_opening_marginals", "plot_variances"]
+__all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_cache_path",
+           "cached_opening_experiment", "marginal_along_mu_star", "student_marginal",
+           "plot_tempered_marginals", "plot_schedules", "plot_opening_marginals", "plot_variances"]
+
+ARMS = ("vanilla", "covering", "annealed")
 
 
 class OpeningRun(NamedTuple):
@@ -45,7 +55,19 @@ def run_opening_experiment(cfg: DemoConfig, n_seeds: int = 16) -> dict[str, Open
     target = make_target(p.d, p.R, p.w_star)
     hyper = Hyper(lr=p.lr, batch=p.batch)
     init_keys, noise_keys = seed_keys(cfg.seed, n_seeds)
-    arms = {
+    out = {}
+    for name, (label, sched, n_iter, var0) in _arm_specs(cfg).items():
+        _, traj = simulate_seeds(init_keys, noise_keys, target, sched, n_iter, hyper, var0=var0)
+        traj = Trajectory(*(np.asarray(a) for a in traj))
+        collapsed, failed = classify_collapse(traj.s[:, -1])
+        out[name] = OpeningRun(label, sched, var0, traj, np.asarray(collapsed), np.asarray(failed))
+    return out
+
+
+def _arm_specs(cfg: DemoConfig) -> dict[str, tuple[str, Schedule, int, float]]:
+    """(label, schedule, n_iter, initial variance) of each arm."""
+    p = cfg.problem
+    return {
         "vanilla": ("vanilla VI, $\\sigma^2(0)=1$", Schedule("constant", 1.0, 1.0),
                     cfg.n_iter_vanilla, 1.0),
         "covering": (f"vanilla VI, $\\sigma^2(0)={cfg.covering_var_factor:g}R^2$",
@@ -55,13 +77,93 @@ def run_opening_experiment(cfg: DemoConfig, n_seeds: int = 16) -> dict[str, Open
                      Schedule("exp", cfg.beta_i, cfg.t0), cfg.n_iter_annealed,
                      1.0 / cfg.beta_i),
     }
-    out = {}
-    for name, (label, sched, n_iter, var0) in arms.items():
-        _, traj = simulate_seeds(init_keys, noise_keys, target, sched, n_iter, hyper, var0=var0)
-        traj = Trajectory(*(np.asarray(a) for a in traj))
-        collapsed, failed = classify_collapse(traj.s[:, -1])
-        out[name] = OpeningRun(label, sched, var0, traj, np.asarray(collapsed), np.asarray(failed))
-    return out
+
+
+def opening_n_seeds(preset_name: str) -> int:
+    """Seeds per arm used by the book for a preset: 4 at ``quick``, 16 otherwise."""
+    return 4 if preset_name == "quick" else 16
+
+
+def _source_digest() -> str:
+    """Hash of the modules the opening experiment depends on (so a code change, not only a
+    version bump, invalidates the cache)."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in ("opening.py", "student.py", "targets.py", "schedules.py", "config.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def opening_cache_path(cfg: DemoConfig, n_seeds: int, cache: str | os.PathLike | None = None) -> Path:
+    """Cache file of the opening experiment: ``<cache>/opening/<hash>.npz``.
+
+    The hash covers the full :class:`DemoConfig`, ``n_seeds``, the library version and the
+    source of the modules the experiment uses. ``cache`` defaults to
+    :func:`annealvi_lib.paths.cache_dir` (``$ANNEALVI_CACHE`` or ``<repo>/results``).
+    """
+    from .paths import cache_dir
+
+    payload = json.dumps({"cfg": dataclasses.asdict(cfg), "n_seeds": int(n_seeds),
+                          "version": __version__, "source": _source_digest()},
+                         sort_keys=True, default=str)
+    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return cache_dir(cache) / "opening" / f"{key}.npz"
+
+
+def _save_runs(path: Path, runs: dict[str, OpeningRun]) -> None:
+    """Atomic npz write (temporary file in the same folder + rename)."""
+    data = {}
+    for name, run in runs.items():
+        for field, arr in zip(Trajectory._fields, run.traj):
+            data[f"{name}.traj.{field}"] = np.asarray(arr)
+        data[f"{name}.collapsed"] = np.asarray(run.collapsed)
+        data[f"{name}.failed"] = np.asarray(run.failed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_runs(path: Path, cfg: DemoConfig, n_seeds: int) -> dict[str, OpeningRun] | None:
+    """Load cached runs; ``None`` if missing, unreadable or of the wrong shape (then redone)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            data = {k: np.asarray(z[k]) for k in z.files}
+        meta = _arm_specs(cfg)
+        runs = {}
+        for name in ARMS:
+            traj = Trajectory(*(data[f"{name}.traj.{f}"] for f in Trajectory._fields))
+            label, sched, n_iter, var0 = meta[name]
+            if any(a.shape != (n_seeds, n_iter + 1) for a in traj):
+                return None
+            runs[name] = OpeningRun(label, sched, var0, traj, data[f"{name}.collapsed"],
+                                    data[f"{name}.failed"])
+        return runs
+    except Exception:
+        return None
+
+
+def cached_opening_experiment(cfg: DemoConfig, n_seeds: int = 16,
+                              cache: str | os.PathLike | None = None,
+                              refresh: bool = False) -> dict[str, OpeningRun]:
+    """:func:`run_opening_experiment`, cached on disk (see :func:`opening_cache_path`).
+
+    A missing, corrupt or inconsistent cache file is recomputed; ``refresh=True`` always
+    recomputes. The notebook and the ``figures`` CLI share this cache.
+    """
+    path = opening_cache_path(cfg, n_seeds, cache)
+    runs = None if refresh else _load_runs(path, cfg, n_seeds)
+    if runs is None:
+        runs = run_opening_experiment(cfg, n_seeds=n_seeds)
+        _save_runs(path, runs)
+    return runs
 
 
 def marginal_along_mu_star(y, R: float, w_star: float, beta: float = 1.0):
@@ -80,6 +182,29 @@ def student_marginal(y, R: float, m1, m2, var1, var2):
     """Exact density of ``<mu*, x>`` under the student: ``1/2 N(R m1, var1) + 1/2 N(R m2, var2)``."""
     y = np.asarray(y, dtype=float)
     return 0.5 * norm.pdf(y, R * m1, np.sqrt(var1)) + 0.5 * norm.pdf(y, R * m2, np.sqrt(var2))
+
+
+def plot_tempered_marginals(R: float, w_star: float, betas=None, ax=None):
+    """Marginal of the tempered target along mu* for several inverse temperatures.
+
+    Args:
+      R, w_star: target parameters. betas: inverse temperatures in (0, 1] (default
+      ``1, 0.3, 0.1, 1/(10 R^2)``). ax: optional axes to draw on.
+    Returns the figure.
+    """
+    if betas is None:
+        betas = (1.0, 0.3, 0.1, 1.0 / (10 * R**2))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    else:
+        fig = ax.figure
+    y = np.linspace(-R - 9, R + 9, 1201)
+    for b in betas:
+        ax.plot(y, marginal_along_mu_star(y, R, w_star, b), label=f"$\\beta={b:.3g}$")
+    ax.set_xlabel(r"$y=\langle\mu^*,x\rangle$")
+    ax.set_ylabel(r"marginal density of $\pi_\beta$")
+    ax.legend()
+    return fig
 
 
 def plot_schedules(beta_i: float, t0: float, n_iter: int, ax=None):

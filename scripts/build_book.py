@@ -1,5 +1,7 @@
 """Build the book: invalidate the execution cache when the library or preset changed, then run
 ``jupyter-book build -W --keep-going`` so that any notebook error or Sphinx warning fails.
+Before building, the third-party web assets (MathJax) are vendored by ``scripts/vendor_assets.py``
+so that the site needs no network when read.
 
 myst-nb's execution cache keys on notebook code only; the results also depend on
 ``annealvi_lib`` and on ``ANNEALVI_PRESET``. We hash both into ``<build>/.exec_key`` and clear the
@@ -37,6 +39,15 @@ def main() -> int:
     if not build.is_absolute():
         build = ROOT / build
     build.mkdir(parents=True, exist_ok=True)
+    # vendored web assets (MathJax) so that the site works offline; idempotent
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import vendor_assets
+
+    try:
+        vendor_assets.ensure_mathjax()
+    except RuntimeError as exc:
+        print(f"[build_book] error: {exc}", file=sys.stderr)
+        return 1
     key_file = build / ".exec_key"
     key = library_key()
     cache = build / ".jupyter_cache"
@@ -50,6 +61,11 @@ def main() -> int:
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["cache"] = str(cache)
+    # jupyter-book resolves local-extension paths against the config file's folder: make them
+    # absolute, since the generated config lives in the build folder
+    local_ext = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, path in local_ext.items():
+        local_ext[name] = str((ROOT / path).resolve())
     generated = build / "_config.generated.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
     jb = Path(sys.executable).with_name("jupyter-book")

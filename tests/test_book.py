@@ -1,8 +1,6 @@
 """Every chapter executes at the quick preset, and the book builds (warnings are errors)."""
 
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import jupytext
@@ -27,17 +25,42 @@ def test_chapter_executes_at_quick_preset(path):
 
 
 @pytest.mark.slow
-def test_book_builds_at_quick_preset(tmp_path):
-    build = tmp_path / "_build"
-    env = dict(os.environ, ANNEALVI_PRESET="quick")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_book.py"),
-                           "--build-dir", str(build)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=3000)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    html = build / "html"
+def test_book_builds_at_quick_preset(built_book):
+    # the build itself runs once per session in the `built_book` fixture (tests/conftest.py)
+    assert built_book.returncode == 0, built_book.log
+    html = built_book.html
     assert (html / "index.html").exists()
     for chapter in CHAPTERS:
         page = html / "notebooks" / f"{chapter.stem}.html"
         assert page.exists(), page
         assert "<img" in page.read_text(), f"{page.name} has no figure"
     assert (html / "book" / "reproducing.html").exists()
+
+
+@pytest.mark.slow
+def test_chapters_offer_ipynb_and_md_downloads(built_book):
+    assert built_book.returncode == 0, built_book.log
+    html = built_book.html
+    for chapter in CHAPTERS:
+        text = (html / "notebooks" / f"{chapter.stem}.html").read_text()
+        for suffix in (".ipynb", ".md"):
+            href = f"_sources/notebooks/{chapter.stem}{suffix}"
+            assert href in text, f"{chapter.stem}: no download link to {suffix}"
+            assert (html / href).exists(), href
+
+
+@pytest.mark.slow
+def test_site_references_no_external_scripts_or_styles(built_book):
+    """Offline site: no <script src> / <link href> / CSS url() leaves the site (MathJax is
+    vendored by scripts/vendor_assets.py); the browser test checks actual requests."""
+    assert built_book.returncode == 0, built_book.log
+    html = built_book.html
+    pat = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)=["'](?:https?:)?//""",
+                     re.I)
+    offenders = []
+    for page in html.rglob("*.html"):
+        text = page.read_text(errors="replace")
+        if pat.search(text) or "THEBE_JS_URL" in text:
+            offenders.append(str(page.relative_to(html)))
+    assert not offenders, offenders
+    assert (html / "mathjax" / "tex-mml-chtml.js").exists()

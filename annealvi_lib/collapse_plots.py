@@ -1,0 +1,221 @@
+"""Figures and agreement tables for the collapse-probability grids (chapters 3 and 4).
+
+All functions take plain arrays (e.g. from :func:`annealvi_lib.grid.run_grid` summaries) and
+return matplotlib figures, so the book and the ``figures`` CLI draw identical plots.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .plotting import PALETTE
+from .schedules import annealing_rate
+
+__all__ = ["summary_arrays", "z_scores", "agreement_table", "markdown_table", "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability",
+           "plot_vs_rate"]
+
+
+def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Grid summary rows -> dict of arrays shaped (n_beta, n_t0) plus the axes ``beta_is``, ``t0s``."""
+    betas = np.array(sorted({r["beta_i"] for r in summary}))
+    t0s = np.array(sorted({r["t0"] for r in summary}))
+    out = {k: np.full((betas.size, t0s.size), np.nan) for k in
+           ("p_collapse", "ci_low", "ci_high", "n_runs", "n_failed", "n_collapsed")}
+    for r in summary:
+        i, j = np.searchsorted(betas, r["beta_i"]), np.searchsorted(t0s, r["t0"])
+        for k in out:
+            out[k][i, j] = r[k]
+    out["beta_is"], out["t0s"] = betas, t0s
+    return out
+
+
+def z_scores(k, n, p_theory):
+    """|p_hat - p_theory| in units of the binomial standard error of the measured proportion.
+
+    The standard error uses the smoothed estimate ``p~ = (k + 1) / (n + 2)`` so that cells with
+    0 or n collapses (where the plain SE is 0) get a finite, conservative-free scale.
+    """
+    k = np.asarray(k, float)
+    n = np.asarray(n, float)
+    p_hat = k / n
+    p_s = (k + 1) / (n + 2)
+    se = np.sqrt(p_s * (1 - p_s) / n)
+    return np.abs(p_hat - np.asarray(p_theory, float)) / se
+
+
+def agreement_table(arrays: dict, theories: dict[str, np.ndarray], mask=None) -> list[dict]:
+    """Mean and max |Delta p| (absolute and in binomial-SE units) of each theory over the grid.
+
+    Args:
+      arrays: output of :func:`summary_arrays`.
+      theories: name -> predicted probabilities, shape (n_beta, n_t0).
+      mask: optional boolean (n_beta, n_t0) selecting the cells to include.
+    """
+    n_ok = arrays["n_runs"] - arrays["n_failed"]
+    rows = []
+    for name, p_th in theories.items():
+        sel = np.ones_like(n_ok, bool) if mask is None else np.asarray(mask, bool)
+        z = z_scores(arrays["n_collapsed"], n_ok, p_th)[sel]
+        d = np.abs(arrays["p_collapse"] - p_th)[sel]
+        rows.append({"theory": name, "cells": int(sel.sum()), "mean_abs_dp": float(d.mean()),
+                     "max_abs_dp": float(d.max()), "mean_z": float(z.mean()),
+                     "max_z": float(z.max()), "frac_within_2se": float(np.mean(z <= 2))})
+    return rows
+
+
+def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                 iso_label: str = "theory $p=0.5$", R: float = 3.0, title: str = ""):
+    """Heat map of the measured collapse probability over (beta_i, t0).
+
+    Args:
+      arrays: output of :func:`summary_arrays`.
+      iso_fn: optional ``(beta_i_grid, t0_grid) -> p`` evaluated on a fine grid to draw its
+        ``p = 0.5`` iso-line.
+      R: mode distance, for the ``beta_i R^2`` axis labels.
+    """
+    betas, t0s = arrays["beta_is"], arrays["t0s"]
+    x = np.log10(betas * R**2)
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    dx = np.diff(x).mean() if x.size > 1 else 1.0
+    dt = np.diff(t0s).mean() if t0s.size > 1 else 1.0
+    im = ax.imshow(arrays["p_collapse"].T, origin="lower", aspect="auto", cmap="viridis",
+                   vmin=0, vmax=1, extent=[x[0] - dx / 2, x[-1] + dx / 2, t0s[0] - dt / 2,
+                                           t0s[-1] + dt / 2])
+    for i in range(betas.size):
+        for j in range(t0s.size):
+            p = arrays["p_collapse"][i, j]
+            ax.text(x[i], t0s[j], f"{p:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if p < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label=r"measured $P_{\rm collapse}$")
+    if iso_fn is not None:
+        xf = np.linspace(x[0] - dx / 2, x[-1] + dx / 2, 200)
+        tf = np.linspace(t0s[0] - dt / 2, t0s[-1] + dt / 2, 200)
+        XX, TT = np.meshgrid(xf, tf, indexing="ij")
+        # the cell-edge margins can leave the valid domain: clip to beta <= 1, t0 >= 1
+        P = iso_fn(np.minimum(10.0**XX / R**2, 1.0), np.maximum(TT, 1.0))
+        cs = ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
+        ax.plot([], [], "w--", label=iso_label)
+        ax.legend(loc="upper right", fontsize=8, labelcolor="white")
+    ax.set_xlabel(r"$\log_{10}(\beta_i R^2)$")
+    ax.set_ylabel(r"annealing time $t_0$ (steps)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, ncols: int = 4):
+    """Per-beta_i slices: measured probability (Wilson 95% bars) against ``t0``, with theories.
+
+    Args:
+      theories: name -> probabilities on the grid (n_beta, n_t0), drawn as lines.
+    """
+    betas, t0s = arrays["beta_is"], arrays["t0s"]
+    nrows = int(np.ceil(betas.size / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.2 * nrows), sharex=True,
+                             sharey=True, squeeze=False)
+    for i, b in enumerate(betas):
+        ax = axes.flat[i]
+        p = arrays["p_collapse"][i]
+        ax.errorbar(t0s, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p], fmt="o",
+                    ms=3, color="k", capsize=2, label="Monte Carlo (95% Wilson)")
+        for c, (name, pt) in zip(PALETTE, theories.items()):
+            ax.plot(t0s, pt[i], "-", color=c, lw=1.3, label=name)
+        ax.set_title(f"$\\beta_i R^2 = 10^{{{np.log10(b * R**2):.1f}}}$", fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+    for ax in axes.flat[betas.size:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("$t_0$ (steps)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(r"$P_{\rm collapse}$")
+    axes.flat[0].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 R: float = 3.0, ax=None, label_prefix: str = ""):
+    """Measured collapse probability against the annealing rate ``beta_i**(-1/t0)``.
+
+    Args:
+      curves: name -> (rate, p) lines to overlay (e.g. the hot-start master curve).
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    else:
+        fig = ax.figure
+    betas, t0s = arrays["beta_is"], arrays["t0s"]
+    cmap = plt.get_cmap("viridis")
+    for i, b in enumerate(betas):
+        rate = annealing_rate(b, t0s) - 1.0
+        p = arrays["p_collapse"][i]
+        color = cmap(i / max(1, betas.size - 1))
+        ax.errorbar(rate, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p], fmt="o",
+                    ms=3, capsize=2, color=color,
+                    label=f"{label_prefix}$\\beta_iR^2=10^{{{np.log10(b * R**2):.1f}}}$")
+    for c, (name, (rate, p)) in zip(["k", "gray", PALETTE[1]], (curves or {}).items()):
+        ax.plot(np.asarray(rate) - 1.0, p, "-", color=c, lw=1.5, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
+    ax.set_ylabel(r"$P_{\rm collapse}$")
+    ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def plot_mechanism(trajs: dict, beta_c: float, lr: float):
+    """m1, m2, s against tau for a few ODE runs (name -> OdeTrajectory-like with m1, m2, s, beta),
+    with the time where beta crosses beta_c marked."""
+    fig, axes = plt.subplots(1, len(trajs), figsize=(4.2 * len(trajs), 3.3), sharey=True,
+                             squeeze=False)
+    for ax, (name, tr) in zip(axes[0], trajs.items()):
+        tau = lr * np.arange(np.asarray(tr.s).shape[-1])
+        ax.plot(tau, np.asarray(tr.m1), label="$m_1$")
+        ax.plot(tau, np.asarray(tr.m2), label="$m_2$")
+        ax.plot(tau, np.asarray(tr.s), label="$s$")
+        beta = np.asarray(tr.beta)
+        cross = np.nonzero(beta >= beta_c)[0]
+        if cross.size:
+            ax.axvline(tau[cross[0]], color="gray", ls=":", label=r"$\beta=\beta_c$")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(r"$\tau=\eta t$")
+    axes[0, 0].set_ylabel("overlap")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_stability(betas, a_rot, lam_rel, a_asym, R: float, beta_c: float, alpha_paper: float):
+    """Growth rate of the rotation mode and the relative eigenvalue of the antipodal state against
+    beta, with the derived beta_c and the paper's alpha / R^2."""
+    fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    x = np.asarray(betas) * R**2
+    ax.plot(x, a_rot, label="rotation mode $a$ (growth of $m_1-m_2$)")
+    ax.plot(x, a_asym, "--", label=r"$R\sqrt{\beta}/\sqrt{2\pi}$")
+    ax.plot(x, lam_rel, label=r"relative mode $\lambda_{\rm rel}$ (leaving $s=-1$)")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(beta_c * R**2, color="gray", ls=":", label=fr"derived $\alpha={beta_c * R**2:.3f}$")
+    ax.axvline(alpha_paper, color="gray", ls="-.", label=fr"paper $\alpha={alpha_paper}$")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"$\beta R^2$")
+    ax.set_ylabel(r"eigenvalue (per unit $\tau$)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def markdown_table(rows: Sequence[dict], digits: int = 3) -> str:
+    """Render a list of dicts (same keys) as a Markdown table, floats rounded to ``digits``."""
+    if not rows:
+        return ""
+    cols = list(rows[0].keys())
+
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return f"{float(v):.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Figure registry and the opening experiment's on-disk cache."""
+
+import dataclasses
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+from annealvi_lib import figures, opening
+from annealvi_lib.config import DemoConfig, Problem, get_preset
+
+CH1 = {"ch1_tempered_marginals", "ch1_schedules", "ch1_opening_marginals", "ch1_variances"}
+# a tiny opening experiment (seconds): the cache logic does not depend on the sizes
+TINY = DemoConfig(problem=Problem(d=8, batch=8), n_iter_vanilla=5, n_iter_annealed=12, t0=8.0)
+
+
+def test_registry_has_chapter_1_figures():
+    reg = figures.registry()
+    assert CH1 <= set(reg)
+    for name in CH1:
+        assert reg[name].chapter == 1 and reg[name].description
+    chapters = [s.chapter for s in reg.values()]
+    assert chapters == sorted(chapters)
+
+
+@pytest.mark.parametrize("name, chapter", [("fig1", 1), ("ch2_x", 1), ("ch1_a-b", 1), ("ch1_x", 0)])
+def test_register_rejects_bad_names(name, chapter):
+    with pytest.raises(ValueError, match="name|chapter"):
+        figures.register(name, chapter, "d")
+
+
+def test_register_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        figures.register("ch1_schedules", 1, "again")(lambda preset: None)
+
+
+def test_select_globs_and_unknown_names():
+    assert {s.name for s in figures.select(["ch1_*"])} == CH1
+    assert [s.name for s in figures.select(["ch1_schedules"])] == ["ch1_schedules"]
+    assert len(figures.select([])) == len(figures.registry())
+    with pytest.raises(ValueError, match="unknown figure"):
+        figures.select(["ch9_nothing"])
+
+
+def test_cache_roundtrip_and_reuse(tmp_path, monkeypatch):
+    runs = opening.cached_opening_experiment(TINY, n_seeds=2, cache=tmp_path)
+    path = opening.opening_cache_path(TINY, 2, tmp_path)
+    assert path.exists() and path.parent == tmp_path / "opening"
+    assert not list(path.parent.glob("*.tmp.npz"))          # atomic write left no temp file
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(opening, "run_opening_experiment", boom)
+    again = opening.cached_opening_experiment(TINY, n_seeds=2, cache=tmp_path)
+    assert list(again) == list(runs) == list(opening.ARMS)
+    for name in runs:
+        for a, b in zip(runs[name].traj, again[name].traj):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(runs[name].collapsed, again[name].collapsed)
+        assert again[name].label == runs[name].label
+
+
+def test_cache_key_covers_config_and_seeds(tmp_path):
+    base = opening.opening_cache_path(TINY, 2, tmp_path)
+    assert opening.opening_cache_path(TINY, 3, tmp_path) != base
+    assert opening.opening_cache_path(dataclasses.replace(TINY, t0=9.0), 2, tmp_path) != base
+    assert opening.opening_cache_path(dataclasses.replace(TINY, seed=1), 2, tmp_path) != base
+    assert opening.opening_cache_path(TINY, 2, tmp_path) == base
+
+
+def test_corrupt_cache_is_recomputed(tmp_path):
+    ref = opening.cached_opening_experiment(TINY, n_seeds=2, cache=tmp_path)
+    path = opening.opening_cache_path(TINY, 2, tmp_path)
+    path.write_bytes(b"not an npz file")
+    redone = opening.cached_opening_experiment(TINY, n_seeds=2, cache=tmp_path)
+    np.testing.assert_array_equal(redone["annealed"].traj.s, ref["annealed"].traj.s)
+    with np.load(path) as z:                                  # and the file was rewritten
+        assert "annealed.traj.s" in z.files
+
+
+def test_cached_equals_direct_run(tmp_path):
+    direct = opening.run_opening_experiment(TINY, n_seeds=2)
+    cached = opening.cached_opening_experiment(TINY, n_seeds=2, cache=tmp_path)
+    for name in direct:
+        np.testing.assert_array_equal(direct[name].traj.m1, cached[name].traj.m1)
+
+
+def test_every_chapter_1_figure_renders_and_saves(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("ANNEALVI_CACHE", str(tmp_path / "cache"))
+    preset = dataclasses.replace(get_preset("quick"), demo=TINY)
+    for name in sorted(CH1):
+        fig = figures.render(name, preset)
+        assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes if ax.get_visible()
+                   and ax.has_data() and ax.get_subplotspec().is_last_row()
+                   and ax.get_subplotspec().is_first_col()), name
+        matplotlib.pyplot.close(fig)
+        paths = figures.save(name, preset, tmp_path / "out")
+        assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+        png = next(p for p in paths if p.suffix == ".png")
+        dpi = Image.open(png).info["dpi"]
+        assert dpi[0] == pytest.approx(300, abs=1)
+        assert next(p for p in paths if p.suffix == ".pdf").read_bytes()[:5] == b"%PDF-"
