@@ -69,6 +69,7 @@ __all__ = [
     "train_seeds",
     "train",
     "grid_target",
+    "REALNVP_RUN_FIELDS",
     "run_realnvp_cell",
 ]
 
@@ -466,6 +467,10 @@ def train(key: jax.Array, spec: FlowSpec, schedule: Schedule, n_iter: int, **kwa
 
 
 # ---------------------------------------------------------------------------- grid cells
+
+#: Per-run fields returned by :func:`run_realnvp_cell` (and cached by :mod:`annealvi_lib.grid`).
+REALNVP_RUN_FIELDS = ("collapsed", "failed", "proj_std", "proj_mean", "mass_plus", "ess", "kl")
+
 
 def grid_target(cfg, master_seed: int) -> Target:
     """The RealNVP study's target: random mu* fixed by ``master_seed`` alone (same on all cells)."""

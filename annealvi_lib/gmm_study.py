@@ -1,0 +1,255 @@
+"""Chapter 3's computations: the Monte-Carlo grid, both theories on it, the fitted alpha, the
+sampler validation and the sensitivity studies -- and the chapter's registered figures.
+
+Every function takes the preset's :class:`~annealvi_lib.config.GMMGridConfig`; Monte-Carlo
+results come from the cached grid runner, so the notebook and ``python -m annealvi_lib figures``
+share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from . import collapse as C
+from . import theory
+from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices, plot_stability,
+                             plot_vs_rate, summary_arrays)
+from .config import GMMGridConfig, Preset
+from .figures import register
+from .grid import run_grid
+from .schedules import Schedule
+
+__all__ = ["TheoryGrid", "default_workers", "mc_grid", "theory_grid", "fit_alpha",
+           "mechanism_trajectories", "stability_scan", "cell_config", "validation_rows",
+           "sensitivity_rows", "plot_batch_sensitivity"]
+
+
+def default_workers(preset_name: str) -> int:
+    """Worker processes for grid runs: one per core (max 2) except at the quick preset, where
+    spawning costs more than it saves."""
+    return 1 if preset_name == "quick" else min(2, os.cpu_count() or 1)
+
+
+def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
+    """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``."""
+    t = time.perf_counter()
+    res = run_grid("gmm", G, workers=workers, progress=progress)
+    return summary_arrays(res.summary), time.perf_counter() - t
+
+
+class TheoryGrid(NamedTuple):
+    """Both theories on the grid's (beta_i, t0) cells (arrays of shape (n_beta, n_t0))."""
+
+    BB: np.ndarray
+    TT: np.ndarray
+    p_closed: np.ndarray          # closed form, derived alpha
+    p_closed_paper: np.ndarray    # closed form, alpha = 0.608
+    p_ode: np.ndarray             # ODE-propagated, with variance lag
+    p_ode_se: np.ndarray
+    closed_ms: float
+    ode_seconds: float
+
+
+def theory_grid(G: GMMGridConfig, seed: int = 1) -> TheoryGrid:
+    """Closed form (derived and paper alpha) and ODE-propagated probabilities on the grid."""
+    p = G.problem
+    BB, TT = np.meshgrid(np.array(G.beta_is), np.array(G.t0s), indexing="ij")
+    kw = dict(d=p.d, R=p.R, w_star=p.w_star, lr=p.lr)
+    C.derived_alpha(p.R, p.w_star)                     # compile/memoise outside the timing
+    t = time.perf_counter()
+    p_closed = C.collapse_probability(BB, TT, **kw)
+    closed_ms = 1e3 * (time.perf_counter() - t)
+    p_paper = C.collapse_probability(BB, TT, alpha=C.PAPER_ALPHA, **kw)
+    t = time.perf_counter()
+    ode = C.ode_collapse_probability(BB, TT, key=jax.random.key(seed), n_extra=G.n_iter_extra,
+                                     n_samples=G.ode_samples, with_variance=True, **kw)
+    return TheoryGrid(BB, TT, p_closed, p_paper, ode.p, ode.se, closed_ms,
+                      time.perf_counter() - t)
+
+
+def fit_alpha(A: dict, T: TheoryGrid, G: GMMGridConfig, alphas=np.linspace(0.3, 1.2, 181)):
+    """Maximum-likelihood alpha of the closed form given the grid's binomial counts.
+
+    Returns ``(alpha_hat, low, high)`` with the likelihood-ratio 95% interval
+    (``Delta NLL < 1.92``) on the scanned ``alphas``.
+    """
+    p = G.problem
+    n_ok = A["n_runs"] - A["n_failed"]
+    k = A["n_collapsed"]
+
+    def nll(alpha):
+        q = C.collapse_probability(T.BB, T.TT, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
+                                   alpha=alpha)
+        q = np.clip(q, 1e-9, 1 - 1e-9)
+        return -np.sum(k * np.log(q) + (n_ok - k) * np.log1p(-q))
+
+    nlls = np.array([nll(a) for a in alphas])
+    inside = alphas[nlls - nlls.min() < 1.92]
+    return float(alphas[np.argmin(nlls)]), float(inside.min()), float(inside.max())
+
+
+def mechanism_trajectories(G: GMMGridConfig, x0=(0.02, 0.0, -0.05), log10_beta_r2=-3.0,
+                           t0s=(100, 800), extra=300):
+    """ODE trajectories from one initial condition for a fast and a slow schedule."""
+    p = G.problem
+    beta_i = 10.0**log10_beta_r2 / p.R**2
+    out = {}
+    for t0 in t0s:
+        label = f"{'fast' if t0 == min(t0s) else 'slow'} annealing, $t_0={t0}$"
+        out[label] = theory.integrate_ode(np.asarray(x0, np.float32), Schedule("exp", beta_i, t0),
+                                          t0 + extra, R=p.R, w_star=p.w_star, lr=p.lr)
+    return out
+
+
+def stability_scan(G: GMMGridConfig, n: int = 200):
+    """``(betas, a1, a2, F, lam_rel)`` over ``beta R^2`` in [1e-3, 10]."""
+    p = G.problem
+    betas = np.logspace(-3, 1, n) / p.R**2
+    a1, a2, F, lam = C.stability_exponents(betas, R=p.R, w_star=p.w_star)
+    return betas, a1, a2, F, lam
+
+
+def cell_config(G: GMMGridConfig, log10_beta_r2: float, t0: float, n_seeds: int, **changes):
+    """A one-cell copy of the grid configuration (``batch=`` changes the problem's batch)."""
+    problem = G.problem
+    if "batch" in changes:
+        problem = dataclasses.replace(problem, batch=changes.pop("batch"))
+    return dataclasses.replace(G, log10_beta_r2=(log10_beta_r2,), t0s=(float(t0),),
+                               n_seeds=n_seeds, problem=problem, **changes)
+
+
+def validation_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
+    """Fast against exact sampler on ``G.validation_cells`` (independent seeds per sampler)."""
+    rows = []
+    for k, t0 in G.validation_cells:
+        # independent samples: the exact sampler uses master seed + 1 (with the same seed both
+        # samplers would start from identical initial statistics and the binomial SE of the
+        # difference below, which assumes independence, would be wrong)
+        out = {s: run_grid("gmm", cell_config(G, k, t0, G.validation_seeds, seed=G.seed + off),
+                           sampler=s, workers=workers).summary[0]
+               for s, off in (("fast", 0), ("exact", 1))}
+        kf, nf = out["fast"]["n_collapsed"], out["fast"]["n_runs"] - out["fast"]["n_failed"]
+        ke, ne = out["exact"]["n_collapsed"], out["exact"]["n_runs"] - out["exact"]["n_failed"]
+        pf, pe = kf / nf, ke / ne
+        se = math.sqrt(max(pf * (1 - pf) / nf + pe * (1 - pe) / ne, 1e-12))
+        rows.append({"log10(beta_i R^2)": k, "t0": t0, "fast": f"{kf}/{nf}",
+                     "exact": f"{ke}/{ne}",
+                     "fast 95% CI": f"[{out['fast']['ci_low']:.2f}, {out['fast']['ci_high']:.2f}]",
+                     "exact 95% CI": f"[{out['exact']['ci_low']:.2f}, {out['exact']['ci_high']:.2f}]",
+                     "|dp|": abs(pf - pe), "|dp|/SE": abs(pf - pe) / se})
+    return rows
+
+
+def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
+    """Collapse rates on ``G.sensitivity_cells`` for each batch size and each run length."""
+    p = G.problem
+    rows = []
+    for k, t0 in G.sensitivity_cells:
+        b_i = 10.0**k / p.R**2
+        p_cf = float(C.collapse_probability(b_i, t0, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))
+        settings = [(B, G.n_iter_extra) for B in G.sensitivity_batches]
+        settings += [(p.batch, e) for e in G.sensitivity_extras if e != G.n_iter_extra]
+        for B, extra in settings:
+            cfg = cell_config(G, k, t0, G.sensitivity_seeds, batch=B, n_iter_extra=extra)
+            r = run_grid("gmm", cfg, workers=workers).summary[0]
+            rows.append({"log10(beta_i R^2)": k, "t0": t0, "B": B, "steps after t0": extra,
+                         "p_collapse": r["p_collapse"], "ci_low": r["ci_low"],
+                         "ci_high": r["ci_high"], "closed form": p_cf})
+    return rows
+
+
+def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
+    """Collapse probability against B per cell (Wilson bars), closed form dotted."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sub = [r for r in rows if r["steps after t0"] == n_iter_extra]
+    for cell in sorted({(r["log10(beta_i R^2)"], r["t0"]) for r in sub}):
+        grp = sorted((r for r in sub if (r["log10(beta_i R^2)"], r["t0"]) == cell),
+                     key=lambda r: r["B"])
+        B = np.array([r["B"] for r in grp])
+        p = np.array([r["p_collapse"] for r in grp])
+        lo = np.array([r["ci_low"] for r in grp])
+        hi = np.array([r["ci_high"] for r in grp])
+        line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o-", capsize=3,
+                           label=f"$\\beta_iR^2=10^{{{cell[0]:g}}}$, $t_0={cell[1]:g}$")
+        ax.axhline(grp[0]["closed form"], ls=":", color=line[0].get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size $B$ (samples per component)")
+    ax.set_ylabel(r"$P_{\rm collapse}$")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# registered figures (python -m annealvi_lib figures ch3_*)
+# --------------------------------------------------------------------------------------------
+
+def _closed_iso(G):
+    p = G.problem
+    return lambda b, t: C.collapse_probability(b, t, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr)
+
+
+@register("ch3_mechanism", chapter=3, description="ODE runs showing amplification and collapse")
+def fig_mechanism(preset: Preset):
+    G = preset.gmm_grid
+    return plot_mechanism(mechanism_trajectories(G), C.critical_beta(G.problem.R, G.problem.w_star),
+                          G.problem.lr)
+
+
+@register("ch3_stability", chapter=3, description="stability of the antipodal state against beta")
+def fig_stability(preset: Preset):
+    G = preset.gmm_grid
+    betas, a1, _, _, lam = stability_scan(G)
+    R = G.problem.R
+    return plot_stability(betas, a1, lam, R * np.sqrt(betas) / np.sqrt(2 * np.pi), R,
+                          C.critical_beta(R, G.problem.w_star), C.PAPER_ALPHA)
+
+
+@register("ch3_heatmap", chapter=3, description="Monte-Carlo collapse probability over (beta_i, t0)")
+def fig_heatmap(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_heatmap(A, iso_fn=_closed_iso(G),
+                        iso_label=r"closed form $P=0.5$ (derived $\alpha$)", R=G.problem.R)
+
+
+def slice_theories(T: TheoryGrid) -> dict:
+    """The theories drawn on the per-beta_i slices."""
+    return {"closed form (derived $\\alpha$)": T.p_closed,
+            "closed form ($\\alpha=0.608$)": T.p_closed_paper,
+            "ODE-propagated": T.p_ode}
+
+
+@register("ch3_slices", chapter=3, description="per-beta_i slices: Monte Carlo against both theories")
+def fig_slices(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_slices(A, slice_theories(theory_grid(G)), R=G.problem.R)
+
+
+def hot_start_curve(G: GMMGridConfig):
+    p = G.problem
+    rates = np.logspace(np.log10(1.0005), np.log10(1.2), 200)
+    return {"hot-start limit (closed form)":
+            (rates, C.hot_start_probability(rates, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))}
+
+
+@register("ch3_rate", chapter=3, description="collapse probability against the annealing rate")
+def fig_rate(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_vs_rate(A, hot_start_curve(G), R=G.problem.R)
+
+
+@register("ch3_batch", chapter=3, description="collapse probability against the batch size B")
+def fig_batch(preset: Preset):
+    G = preset.gmm_grid
+    return plot_batch_sensitivity(sensitivity_rows(G, default_workers(preset.name)), G.n_iter_extra)
