@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._rng import fast_threefry
 from ._validate import check_int_at_least, check_positive, check_beta
 from .schedules import Schedule
 from .targets import Target, log_partition, potential
@@ -208,7 +209,8 @@ def simulate(key: jax.Array, state0: StudentState, target: Target, schedule: Sch
       ``(final_state, trajectory_or_None)``.
     """
     n_iter = check_int_at_least("n_iter", n_iter, 0)
-    return _simulate_jit(key, state0, target, schedule, n_iter, hyper, record)
+    with fast_threefry():
+        return _simulate_jit(key, state0, target, schedule, n_iter, hyper, record)
 
 
 _simulate_jit = jax.jit(_simulate, static_argnames=("schedule", "n_iter", "hyper", "record"))
@@ -240,8 +242,9 @@ def simulate_seeds(init_keys, noise_keys, target: Target, schedule: Schedule, n_
     if var0 is None:
         var0 = 1.0 / float(schedule(0))
     var0 = check_positive("var0", var0)
-    return _simulate_seeds_jit(init_keys, noise_keys, target, schedule, n_iter, hyper,
-                               float(var0), record)
+    with fast_threefry():
+        return _simulate_seeds_jit(init_keys, noise_keys, target, schedule, n_iter, hyper,
+                                   float(var0), record)
 
 
 def _simulate_seeds(init_keys, noise_keys, target, schedule, n_iter, hyper, var0, record):

@@ -1,0 +1,570 @@
+"""Collapse-probability theory of the GMM student (DESIGN sections 4.2 and 4.3).
+
+Closed form (the paper's sharp formula). With ``eps = |ln((1-w*)/w*)| / (2 R^2)``,
+``tau0 = lr t0`` and the critical inverse temperature ``beta_c = alpha / R^2``,
+
+    I(beta_i, tau0) = (R / sqrt(2 pi)) int_0^{tau_c} sqrt(beta(tau)) dtau,
+    P_collapse      = erf( sqrt(d) eps e^{-I} ),
+
+where ``tau_c`` is the time at which ``beta(tau)`` reaches ``beta_c`` (``I = 0`` if
+``beta_i >= beta_c``). For the exponential schedule ``beta(tau) = beta_i^{1 - tau/tau0}``,
+``I = (R/sqrt(2 pi)) (2 tau0 / ln beta_i) (sqrt(beta_i) - sqrt(beta_c)) >= 0`` (both factors are
+negative when ``beta_i < beta_c``). Mechanism: while ``beta < beta_c`` the entropy repulsion keeps
+the means antipodal (``s ~ -1``) and their axis overlap difference ``Delta = m1 - m2`` grows at the
+rate ``R sqrt(beta)/sqrt(2 pi)``; at ``beta_c`` the antipodal state loses stability and both means
+go to the heavy mode unless ``|Delta| e^I >= 2 eps``. With ``Delta(0) ~ N(0, 2/d)`` this gives
+``P = P(|Delta(0)| < 2 eps e^{-I}) = erf(sqrt(d) eps e^{-I})``.
+
+Critical temperature (derived here, :func:`critical_beta`). Write the two means in the plane of
+``mu*`` as angles ``theta_k`` (``m_k = sin theta_k``). The tangent ODE of DESIGN 4.1 reads
+``dtheta_1/dtau = -w1 g(sin theta_1) cos theta_1 - F sin(theta_2 - theta_1)`` and symmetrically,
+with ``F = f(s)`` (equilibrated variances ``u^2 = 1/beta``). At the antipodal state
+``theta_2 = theta_1 + pi`` with ``m = 0`` the Jacobian is
+
+    J = [[a1 - F, F], [F, a2 - F]],   a_k = -w_k g'(0) = 4 w_k R^2 E[sigma'(2 R u xi + ln(w*/(1-w*)))],
+
+``F = f(s = -1)``. The rigid rotation of the pair (eigenvector (1, 1) when w1 = w2) is always
+unstable with rate ``a = R sqrt(beta)/sqrt(2 pi) (1 + O(1/u^2))``: this is the growth of Delta.
+The relative mode (eigenvector (1, -1): breaking antipodality, ``s`` leaving -1) has eigenvalue
+``a - 2F`` (general weights: ``det J = a1 a2 - F (a1 + a2)``). The antipodal state is stable in
+that direction while ``f(-1; beta) > a1 a2 / (a1 + a2)``; ``beta_c`` is the root. The
+out-of-plane relative mode has eigenvalue ``-2F < 0`` and never destabilises. In the large-R
+limit at fixed ``x = R sqrt(beta)``, ``f(-1) = E sigma(-2 x^2 + 2 x xi)/2`` and ``a = x/sqrt(2 pi)``,
+so ``x_c`` solves ``E sigma(-2 x^2 + 2 x xi) = x / sqrt(2 pi)``: ``alpha_inf = x_c^2 = 0.5834``;
+at R = 3, w* = 0.8 the root gives ``alpha = 0.5863`` (the paper uses 0.608, unexplained there).
+
+Beyond the closed form (:func:`ode_collapse_probability`): integrate the expected discrete JKO
+map (the ODE of DESIGN 4.1 with the renormalisation done exactly) with or without variance lag
+from exact samples of the initial statistics, for a whole grid of cells in one vmapped scan.
+Without annealing (beta = 1, var 1 from the start) the means start nearly orthogonal, not
+antipodal, the entropy coupling is weak, and each mean goes to the mode on its side of
+``m = -eps`` independently: ``P ~ Phi(sqrt(d) eps)^2 + Phi(-sqrt(d) eps)^2`` (0.92 at d = 512),
+not the closed form's ``erf(sqrt(d) eps)`` (0.986); the ODE reproduces the former.
+
+All closed-form functions are NumPy-vectorised (broadcasting over grids) and validate every
+input (ValueError naming the parameter).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import erf, erfinv, lambertw
+
+from ._validate import check_choice, check_int_at_least, check_open_unit, check_positive
+from .schedules import SCHEDULES
+from . import theory
+
+__all__ = [
+    "PAPER_ALPHA",
+    "collapse_epsilon",
+    "critical_beta",
+    "derived_alpha",
+    "alpha_large_r",
+    "stability_exponents",
+    "annealing_exponent",
+    "collapse_probability",
+    "annealing_time_for_probability",
+    "hot_start_probability",
+    "optimal_beta_i",
+    "OdeCollapse",
+    "ode_collapse_probability",
+]
+
+#: The paper's value of alpha = beta_c R^2 (no published derivation).
+PAPER_ALPHA = 0.608
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_CLOSED_FORM_SCHEDULES = ("exp", "step", "constant", "linear_beta", "linear_temperature")
+
+
+# --- validation of array arguments --------------------------------------------------------------
+
+def _arr(name, value, *, lo=None, hi=None, lo_open=True, hi_open=True):
+    """``value`` as a float64 array; raises ValueError naming ``name`` if any element is
+    non-finite or outside the stated interval."""
+    try:
+        x = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array, got {value!r}") from None
+    rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+           f"{'inf' if hi is None else hi}{')' if hi_open else ']'}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite and lie in {rng}, got {value!r}")
+    bad = np.zeros(x.shape, bool)
+    if lo is not None:
+        bad |= (x <= lo) if lo_open else (x < lo)
+    if hi is not None:
+        bad |= (x >= hi) if hi_open else (x > hi)
+    if np.any(bad):
+        raise ValueError(f"{name} must lie in {rng}, got {value!r}")
+    return x
+
+
+def _common(d, R, w_star, lr):
+    d = check_int_at_least("d", d, 2)
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    lr = check_positive("lr", lr)
+    return d, R, w_star, lr
+
+
+def collapse_epsilon(R: float, w_star: float) -> float:
+    """``eps = |ln((1 - w*)/w*)| / (2 R^2)``: the weight bias of the unstable point of one mean."""
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    return abs(math.log((1.0 - w_star) / w_star)) / (2.0 * R * R)
+
+
+# --- critical temperature ----------------------------------------------------------------------
+
+def stability_exponents(beta, *, R: float, w_star: float, w1: float = 0.5):
+    """Linear-stability quantities of the antipodal state ``m1 = m2 = 0, s = -1`` (equilibrated).
+
+    Args:
+      beta: inverse temperature(s) > 0 (array; values above 1 allowed for root finding).
+      R, w_star: target parameters. w1: student weight of component 1 (w2 = 1 - w1).
+    Returns:
+      ``(a1, a2, F, lam_rel)`` arrays: the single-mean instability rates ``a_k = -w_k g'(0)``, the
+      entropy coupling ``F = f(-1)``, and the smallest eigenvalue of the in-plane Jacobian
+      ``J = [[a1 - F, F], [F, a2 - F]]`` (negative: antipodal state stable; its sign change is
+      beta_c). Uses :func:`annealvi_lib.theory.f` and the quadratures of :mod:`theory`.
+    """
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    w1 = check_open_unit("w1", w1)
+    b = _arr("beta", beta, lo=0.0)
+    out = _stability_jit(jnp.asarray(b, jnp.float32).ravel(), R, w_star, w1)
+    return tuple(np.asarray(x, float).reshape(b.shape) for x in out)
+
+
+def _stability(b, R, w_star, w1):
+    u = 1.0 / jnp.sqrt(b)
+    c = jnp.full(b.shape, math.log(w_star / (1.0 - w_star)), jnp.float32)
+    bq = 2.0 * R * u
+    # g(m) = 1 - 2 E sigma(2 R^2 m + 2 R u xi + L)  =>  g'(0) = -4 R^2 E[sigma (1 - sigma)]
+    dsig = theory.gauss_sigmoid_mean(c, bq) - theory.gauss_sigmoid_sq_mean(c, bq)
+    a1 = 4.0 * w1 * R * R * dsig
+    a2 = 4.0 * (1.0 - w1) * R * R * dsig
+    F = theory.f(jnp.full(b.shape, -1.0, jnp.float32), R=R, u=u, w1=w1)
+    tr, det = a1 + a2 - 2.0 * F, a1 * a2 - F * (a1 + a2)
+    lam_rel = 0.5 * (tr - jnp.sqrt(jnp.maximum(tr * tr - 4.0 * det, 0.0)))
+    return a1, a2, F, lam_rel
+
+
+_stability_jit = jax.jit(_stability, static_argnums=(1, 2, 3))
+
+
+def critical_beta(R: float, w_star: float, w1: float = 0.5) -> float:
+    """Inverse temperature at which the antipodal state loses stability (module docstring).
+
+    Root of ``f(-1; u = 1/sqrt(beta)) = a1 a2 / (a1 + a2)`` in ``log beta``: a 4001-point scan of
+    ``beta in [1e-8, 1e4]`` brackets the sign change, a 201-point scan refines it (relative
+    accuracy ~1e-4, limited by the float32 quadrature). A root above 1 means the antipodal state is still stable at
+    beta = 1 (no collapse mechanism at the target temperature); ``inf`` if none in the range.
+
+    Args:
+      R: mode distance (> 0). w_star: heavy-mode weight in (0, 1). w1: student weight in (0, 1).
+    Returns:
+      beta_c (float).
+    """
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    w1 = check_open_unit("w1", w1)
+
+    def phi(lb):
+        a1, a2, F, _ = stability_exponents(np.exp(lb), R=R, w_star=w_star, w1=w1)
+        return F - a1 * a2 / (a1 + a2)
+
+    grid = np.linspace(math.log(1e-8), math.log(1e4), 4001)
+    val = phi(grid)
+    idx = np.nonzero((val[:-1] > 0) & (val[1:] <= 0))[0]
+    if idx.size == 0:
+        return math.inf
+    lo, hi = grid[idx[0]], grid[idx[0] + 1]
+    # refine inside the bracket (width 7e-3 in log beta); float32 noise makes phi non-monotone
+    # below ~1e-6, so stop at a 201-point scan and interpolate linearly between the two nodes
+    grid = np.linspace(lo, hi, 4001)[::20]        # 201 nodes; same array size -> one compile
+    val = phi(np.linspace(lo, hi, 4001))[::20]
+    idx = np.nonzero((val[:-1] > 0) & (val[1:] <= 0))[0]
+    if idx.size == 0:
+        return float(math.exp(0.5 * (lo + hi)))
+    i = idx[0]
+    vlo, vhi = val[i], val[i + 1]
+    frac = vlo / (vlo - vhi) if vlo != vhi else 0.5
+    return float(math.exp(grid[i] + (grid[i + 1] - grid[i]) * frac))
+
+
+def derived_alpha(R: float, w_star: float, w1: float = 0.5) -> float:
+    """``alpha = beta_c R^2`` from :func:`critical_beta` (compare :data:`PAPER_ALPHA` = 0.608).
+
+    Memoised on ``(R, w_star, w1)`` (a pure function; the first call costs ~1 s of compilation)."""
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    w1 = check_open_unit("w1", w1)
+    return _derived_alpha_cached(R, w_star, w1)
+
+
+@functools.lru_cache(maxsize=64)
+def _derived_alpha_cached(R: float, w_star: float, w1: float) -> float:
+    return critical_beta(R, w_star, w1) * R**2
+
+
+def alpha_large_r() -> float:
+    """Large-R limit of the derived alpha: ``x_c^2`` with ``E sigma(-2x^2 + 2x xi) = x/sqrt(2pi)``
+    (float64 Gauss-Hermite, 200 nodes; the integrand is smooth for x ~ 1)."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    xs, ws = np.polynomial.hermite_e.hermegauss(200)
+    ws = ws / _SQRT_2PI
+    x_c = brentq(lambda x: np.sum(ws * expit(-2 * x * x + 2 * x * xs)) - x / _SQRT_2PI, 0.1, 2.0,
+                 xtol=1e-14)
+    return float(x_c * x_c)
+
+
+def _alpha(alpha, R, w_star):
+    if alpha is None:
+        return derived_alpha(R, w_star)
+    return check_positive("alpha", alpha)
+
+
+# --- closed form --------------------------------------------------------------------------------
+
+def _exponent_per_step(beta_i, beta_c, schedule):
+    """``int_0^{t_c} sqrt(beta(t)) dt / t0`` (dimensionless; 0 where beta_i >= beta_c)."""
+    b = np.minimum(beta_i, beta_c)         # beta_i >= beta_c -> every expression below is 0
+    bc = np.minimum(beta_c, 1.0)           # beta never exceeds 1
+    b = np.minimum(b, bc)
+    if schedule == "exp":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            val = 2.0 * (np.sqrt(b) - np.sqrt(bc)) / np.log(beta_i)
+        return np.where(beta_i >= bc, 0.0, val)
+    if schedule == "step":
+        return np.where(beta_i >= bc, 0.0, np.sqrt(beta_i))
+    if schedule == "constant":
+        return np.zeros_like(np.asarray(beta_i, float))
+    if schedule == "linear_beta":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            val = (2.0 / 3.0) * (bc**1.5 - b**1.5) / (1.0 - beta_i)
+        return np.where(beta_i >= bc, 0.0, val)
+    # linear_temperature: T falls linearly from T_i to 1; dt = t0 dT / (1 - T_i)
+    T_i, T_c = 1.0 / np.maximum(b, 1e-300), 1.0 / bc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = 2.0 * (np.sqrt(T_i) - np.sqrt(T_c)) / (T_i - 1.0)
+    return np.where(beta_i >= bc, 0.0, val)
+
+
+def annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha: float, schedule: str = "exp"):
+    """Amplification exponent ``I = (R / sqrt(2 pi)) int_0^{tau_c} sqrt(beta(tau)) dtau`` (>= 0).
+
+    Args:
+      beta_i: initial inverse temperature(s) in (0, 1]. t0: annealing time(s) in steps (> 0).
+      R: mode distance. lr: learning rate (tau = lr t). alpha: beta_c R^2 (> 0).
+      schedule: ``exp`` (the paper's), ``step``, ``constant``, ``linear_beta`` or
+        ``linear_temperature`` (all closed form).
+    Returns:
+      I with the broadcast shape of (beta_i, t0).
+    """
+    check_choice("schedule", schedule, _CLOSED_FORM_SCHEDULES)
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    t = _arr("t0", t0, lo=0.0)
+    R = check_positive("R", R)
+    lr = check_positive("lr", lr)
+    alpha = check_positive("alpha", alpha)
+    beta_c = alpha / R**2
+    per = _exponent_per_step(b, beta_c, schedule)
+    return (R / _SQRT_2PI) * lr * t * per
+
+
+def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
+                         alpha: float | None = None, schedule: str = "exp"):
+    """Sharp closed-form collapse probability ``P = erf(sqrt(d) eps e^{-I})`` (DESIGN 4.2).
+
+    Args:
+      beta_i: initial inverse temperature(s) in (0, 1] (array, broadcast with t0).
+      t0: annealing time(s) in steps (> 0).
+      d: dimension (integer >= 2). R: mode distance (> 0). w_star: heavy weight in (0, 1).
+      lr: learning rate (> 0). alpha: ``beta_c R^2``; None uses :func:`derived_alpha`
+        (pass :data:`PAPER_ALPHA` for the paper's value).
+      schedule: see :func:`annealing_exponent`.
+    Returns:
+      P with the broadcast shape; ``erf(sqrt(d) eps)`` wherever ``beta_i >= beta_c``.
+    """
+    d, R, w_star, lr = _common(d, R, w_star, lr)
+    check_choice("schedule", schedule, _CLOSED_FORM_SCHEDULES)
+    _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    _arr("t0", t0, lo=0.0)
+    alpha = _alpha(alpha, R, w_star)
+    I = annealing_exponent(beta_i, t0, R=R, lr=lr, alpha=alpha, schedule=schedule)
+    return erf(math.sqrt(d) * collapse_epsilon(R, w_star) * np.exp(-I))
+
+
+def annealing_time_for_probability(p, beta_i, *, d: int, R: float, w_star: float,
+                                   lr: float = 0.05, alpha: float | None = None,
+                                   schedule: str = "exp"):
+    """Inverse of :func:`collapse_probability` in t0: the annealing time (steps) giving ``p``.
+
+    ``I`` is proportional to t0 for every closed-form schedule, so
+    ``t0 = ln(sqrt(d) eps / erfinv(p)) / (I / t0)``. Returns 0 where ``p >= erf(sqrt(d) eps)``
+    (no annealing needed) and ``inf`` where annealing cannot help (``beta_i >= beta_c``).
+
+    Args:
+      p: target collapse probability/ies in (0, 1). Other arguments as in
+        :func:`collapse_probability`.
+    Returns:
+      t0 (float array, steps) with the broadcast shape of (p, beta_i).
+    """
+    d, R, w_star, lr = _common(d, R, w_star, lr)
+    check_choice("schedule", schedule, _CLOSED_FORM_SCHEDULES)
+    p = _arr("p", p, lo=0.0, hi=1.0)
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    alpha = _alpha(alpha, R, w_star)
+    need = np.log(math.sqrt(d) * collapse_epsilon(R, w_star) / erfinv(p))   # required I
+    per = annealing_exponent(b, 1.0, R=R, lr=lr, alpha=alpha, schedule=schedule)
+    need, per = np.broadcast_arrays(need, per)
+    with np.errstate(divide="ignore"):
+        t0 = np.where(need <= 0, 0.0, np.where(per > 0, need / np.where(per > 0, per, 1.0),
+                                               np.inf))
+    return t0
+
+
+def hot_start_probability(rate, *, d: int, R: float, w_star: float, lr: float = 0.05,
+                          alpha: float | None = None):
+    """Limit of the exponential-schedule formula for ``beta_i -> 0`` at fixed per-step rate
+    ``r = beta_i^(-1/t0)``: ``I -> 2 lr sqrt(alpha) / (sqrt(2 pi) ln r)``, so
+    ``P = erf(sqrt(d) eps exp(-2 lr sqrt(alpha) / (sqrt(2 pi) ln r)))``: only the rate matters.
+
+    Args:
+      rate: per-step annealing factor(s) > 1.
+    Returns:
+      P with the shape of ``rate``.
+    """
+    d, R, w_star, lr = _common(d, R, w_star, lr)
+    r = _arr("rate", rate, lo=1.0)
+    alpha = _alpha(alpha, R, w_star)
+    I = 2.0 * lr * math.sqrt(alpha) / (_SQRT_2PI * np.log(r))
+    return erf(math.sqrt(d) * collapse_epsilon(R, w_star) * np.exp(-I))
+
+
+def optimal_beta_i(t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
+                   alpha: float | None = None):
+    """The beta_i that minimises the closed-form P at fixed t0 (exponential schedule).
+
+    With ``x = sqrt(beta_i)`` and ``x_c = sqrt(beta_c)``, ``I = (R/sqrt(2pi)) tau0 (x_c - x)/(-ln x)``;
+    ``dI/dx = 0`` gives ``ln x + x_c/x = 1``, i.e. ``x* = x_c / (-W_{-1}(-x_c/e))`` (Lambert W,
+    lower branch). The optimum does not depend on t0 (I is proportional to t0); starting hotter
+    wastes annealing time above the useful range, starting colder shortens the amplification.
+
+    Args:
+      t0: annealing time(s) in steps (> 0). Other arguments as in :func:`collapse_probability`.
+    Returns:
+      ``(beta_i_opt, p_min)``: float and array of the shape of ``t0``. ``beta_i_opt`` is capped at 1.
+    """
+    d, R, w_star, lr = _common(d, R, w_star, lr)
+    t = _arr("t0", t0, lo=0.0)
+    alpha = _alpha(alpha, R, w_star)
+    x_c = math.sqrt(alpha) / R
+    if x_c >= 1.0:
+        beta_opt = 1.0
+    else:
+        w = -float(np.real(lambertw(-x_c / math.e, k=-1)))
+        beta_opt = min((x_c / w) ** 2, 1.0)
+    p = collapse_probability(beta_opt, t, d=d, R=R, w_star=w_star, lr=lr, alpha=alpha)
+    return beta_opt, p
+
+
+# --- ODE-propagated probability (DESIGN 4.3) ------------------------------------------------------
+
+class OdeCollapse(NamedTuple):
+    """Result of :func:`ode_collapse_probability` (arrays with the grid's broadcast shape).
+
+    Attributes:
+      p: fraction of initial conditions whose final overlap s is > 0.
+      se: its Monte-Carlo standard error ``sqrt(p (1 - p) / n)``.
+      n_samples: number of initial conditions per cell.
+      n_iter: steps integrated per cell.
+    """
+
+    p: np.ndarray
+    se: np.ndarray
+    n_samples: int
+    n_iter: np.ndarray
+
+
+def _tables(R, w_star, u_lo, u_hi, n_u, n_s, n_m):
+    """f(s; u) and g(m; u) on a (log u) x (s | m) grid with theory's robust quadratures."""
+    lu = np.linspace(math.log(u_lo), math.log(u_hi), n_u)
+    f_tab, g_tab = _tables_jit(jnp.asarray(np.exp(lu), jnp.float32), R, w_star, n_s, n_m)
+    return lu, f_tab, g_tab
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _tables_jit(u, R, w_star, n_s, n_m):
+    s = jnp.linspace(-1.0, 1.0, n_s)[None, :]
+    m = jnp.linspace(-1.0, 1.0, n_m)[None, :]
+    return (theory.f(s, R=R, u=u[:, None], w1=0.5),
+            theory.g(m, R=R, u=u[:, None], w_star=w_star))
+
+
+def _interp_rows(tab, pos):
+    """Rows of ``tab`` (n_u, n) linearly interpolated at fractional row positions pos (C,)."""
+    i0 = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, tab.shape[0] - 2)
+    lam = (pos - i0)[:, None]
+    return (1.0 - lam) * tab[i0] + lam * tab[i0 + 1]
+
+
+def _interp_cols(rows, x):
+    """``rows[c](x[c, n])`` for x in [-1, 1] on a uniform grid (linear interpolation)."""
+    n = rows.shape[1]
+    pos = (jnp.clip(x, -1.0, 1.0) + 1.0) * (0.5 * (n - 1))
+    i0 = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, n - 2)
+    lam = pos - i0
+    lo = jnp.take_along_axis(rows, i0, axis=1)
+    hi = jnp.take_along_axis(rows, i0 + 1, axis=1)
+    return (1.0 - lam) * lo + lam * hi
+
+
+@jax.jit
+def _propagate(x0, betas, coef, upos, f_tab, g_tab, stop, lr):
+    """Expected JKO map for all cells x samples; returns s at each cell's stop step.
+
+    x0 (N, 3) shared initial statistics; betas, coef (= 1/(beta v)), upos (fractional table
+    row of u = sqrt(v)): (T, C); stop (C,) step index at which s is read.
+    """
+    C = betas.shape[1]
+    m1 = jnp.broadcast_to(x0[None, :, 0], (C, x0.shape[0]))
+    m2 = jnp.broadcast_to(x0[None, :, 1], (C, x0.shape[0]))
+    s = jnp.broadcast_to(x0[None, :, 2], (C, x0.shape[0]))
+    w = 0.5
+
+    def body(carry, xs):
+        m1, m2, s, s_out = carry
+        t, beta, cf, up = xs
+        f_row = _interp_rows(f_tab, up)
+        g_row = _interp_rows(g_tab, up)
+        F = cf[:, None] * _interp_cols(f_row, s)          # f / (beta v)
+        g1, g2 = _interp_cols(g_row, m1), _interp_cols(g_row, m2)
+        # nu_k / R = A_k mu_k/R + B_k mu_j/R + c_k mu*   (DESIGN 3 update, renormalised exactly)
+        A = 1.0 - lr * w + lr * F
+        B = -lr * F
+        c1, c2 = -lr * w * g1, -lr * w * g2
+        p1 = A * m1 + B * m2 + c1
+        p2 = A * m2 + B * m1 + c2
+        n11 = A * A + B * B + c1 * c1 + 2 * A * B * s + 2 * A * c1 * m1 + 2 * B * c1 * m2
+        n22 = A * A + B * B + c2 * c2 + 2 * A * B * s + 2 * A * c2 * m2 + 2 * B * c2 * m1
+        n12 = (A * B + A * A * s + A * c2 * m1 + B * B * s + B * A + B * c2 * m2
+               + c1 * B * m1 + c1 * A * m2 + c1 * c2)
+        r1, r2 = jnp.sqrt(n11), jnp.sqrt(n22)
+        m1n = jnp.clip(p1 / r1, -1.0, 1.0)
+        m2n = jnp.clip(p2 / r2, -1.0, 1.0)
+        sn = jnp.clip(n12 / (r1 * r2), -1.0, 1.0)
+        s_out = jnp.where((t + 1 == stop)[:, None], sn, s_out)
+        return (m1n, m2n, sn, s_out), None
+
+    T = betas.shape[0]
+    s_out0 = jnp.where((stop == 0)[:, None], s, jnp.zeros_like(s))
+    (_, _, _, s_out), _ = jax.lax.scan(
+        body, (m1, m2, s, s_out0), (jnp.arange(T), betas, coef, upos))
+    return s_out
+
+
+def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
+                             key: jax.Array, n_iter=None, n_extra: int = 100,
+                             n_samples: int = 4096, with_variance: bool = True,
+                             schedule: str = "exp", var0=None, table_size: int = 1025,
+                             n_u: int = 256) -> OdeCollapse:
+    """ODE-propagated collapse probability on a grid of cells (DESIGN 4.3).
+
+    For every cell ``(beta_i, t0)`` (broadcast arrays) the expected discrete JKO map (DESIGN 4.1's
+    ODE with the renormalisation |mu_k| = R done exactly, one map step per simulation step, beta =
+    schedule(t)) is integrated from ``n_samples`` exact draws of the initial statistics
+    (:func:`annealvi_lib.theory.sample_initial_stats`: means i.i.d. Gaussian in d dimensions,
+    rescaled to the sphere; the same draws for every cell: common random numbers). A run counts
+    as collapsed when its overlap s at step ``n_iter`` is > 0.
+
+    With ``with_variance`` the variances follow the simulation's deterministic map
+    ``v <- v (1 - lr w (1 - 1/(beta v)))^2`` from ``var0`` (default 1/beta_i, the paper's) and the
+    drift uses them (5-statistic system; the variances are the same for every sample of a cell
+    since their map does not involve the means); otherwise ``v = 1/beta`` (3 statistics).
+    f and g come from theory's quadratures tabulated on a (log u) x (s | m) grid and
+    interpolated linearly (``table_size`` points on [-1, 1], ``n_u`` values of u) so that one
+    scan integrates all cells x samples; measured table error < 3e-5 (f, g), and doubling both
+    table sizes changed no sampled decision on the cells tried.
+
+    Scope: the map is the *expected* dynamics (d -> infinity at fixed lr): it ignores the
+    Monte-Carlo gradient noise, whose perpendicular part moves a mean by
+    ``~ (lr/beta) sqrt(D / (B beta))`` per step at equilibrated variance -- comparable to R at the
+    hottest starts (beta ~ 1e-4, B = 1024), where it re-randomises the means. There (and when the
+    runs have not settled by ``n_iter``) use the Monte-Carlo samplers.
+
+    Args:
+      beta_i, t0: cell parameters (broadcast arrays; beta_i in (0, 1], t0 > 0 steps).
+      d: dimension of the initial law (>= 3). R, w_star, lr: problem parameters.
+      key: PRNG key for the initial draws.
+      n_iter: steps per cell (scalar or broadcast array); default ``ceil(t0) + n_extra`` (the
+        Monte-Carlo protocol's ``t0 + n_iter_extra``).
+      n_samples: initial conditions per cell (>= 1).
+      schedule: a name of :data:`annealvi_lib.schedules.SCHEDULES`.
+      var0: initial variance(s) (default ``1 / beta(0)``).
+    Returns:
+      :class:`OdeCollapse` (p, se of the broadcast grid shape).
+    """
+    d = check_int_at_least("d", d, 3)
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    lr = check_positive("lr", lr)
+    check_choice("schedule", schedule, tuple(SCHEDULES))
+    n_samples = check_int_at_least("n_samples", n_samples, 1)
+    n_extra = check_int_at_least("n_extra", n_extra, 0)
+    table_size = check_int_at_least("table_size", table_size, 3)
+    n_u = check_int_at_least("n_u", n_u, 2)
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    t = _arr("t0", t0, lo=0.0)
+    b, t = np.broadcast_arrays(b, t)
+    shape = b.shape
+    b, t = b.ravel(), t.ravel()
+    if n_iter is None:
+        n_it = np.ceil(t).astype(int) + n_extra
+    else:
+        n_it = np.broadcast_to(np.asarray(n_iter), shape).ravel()
+        if not np.all(n_it == np.round(n_it)) or np.any(n_it < 0):
+            raise ValueError(f"n_iter must be integers >= 0, got {n_iter!r}")
+        n_it = n_it.astype(int)
+    T = int(n_it.max())
+    steps = np.arange(max(T, 1), dtype=float)
+    fn = SCHEDULES[schedule]
+    betas = np.asarray(fn(steps[None, :], beta_i=b[:, None], t0=t[:, None]), float)  # (C, T)
+    betas = np.broadcast_to(betas, (b.size, steps.size))
+    if var0 is None:
+        v0 = 1.0 / betas[:, 0]
+    else:
+        v0 = np.broadcast_to(_arr("var0", var0, lo=0.0), shape).ravel()
+    if with_variance:
+        v = np.empty_like(betas)
+        v[:, 0] = v0
+        for k in range(1, steps.size):       # deterministic map, same for every sample of a cell
+            bb = betas[:, k - 1]
+            v[:, k] = v[:, k - 1] * (1.0 - lr * 0.5 * (1.0 - 1.0 / (bb * v[:, k - 1]))) ** 2
+    else:
+        v = 1.0 / betas
+    u = np.sqrt(v)
+    u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
+    lu, f_tab, g_tab = _tables(R, w_star, u_lo, u_hi, n_u, table_size, table_size)
+    upos = (np.log(u) - lu[0]) / (lu[1] - lu[0])
+    coef = 1.0 / (betas * v)
+    x0 = theory.sample_initial_stats(key, d, n_samples)
+    s_fin = _propagate(x0, jnp.asarray(betas.T, jnp.float32), jnp.asarray(coef.T, jnp.float32),
+                       jnp.asarray(upos.T, jnp.float32), f_tab, g_tab,
+                       jnp.asarray(n_it, jnp.int32), lr)
+    s_fin = np.asarray(s_fin, float)
+    failed = ~np.isfinite(s_fin)
+    n_ok = np.maximum((~failed).sum(-1), 1)
+    p = np.where(failed, False, s_fin > 0).sum(-1) / n_ok
+    se = np.sqrt(p * (1.0 - p) / n_ok)
+    return OdeCollapse(p=p.reshape(shape), se=se.reshape(shape), n_samples=n_samples,
+                       n_iter=n_it.reshape(shape))

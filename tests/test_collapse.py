@@ -1,0 +1,193 @@
+"""Tests of the collapse-probability theory (closed form, inverse, hot-start limit, optimal
+beta_i, critical temperature, ODE-propagated probability)."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy.special import erf
+from scipy.stats import norm
+
+from annealvi_lib import collapse as co
+from annealvi_lib.schedules import Schedule
+
+D, R, W, LR = 512, 3.0, 0.8, 0.05
+EPS = math.log(4.0) / 18.0          # |ln((1-w*)/w*)|/(2R^2) at w* = 0.8, R = 3, by hand
+P0 = math.erf(math.sqrt(D) * EPS)   # no amplification
+
+
+def test_epsilon_and_no_benefit_above_beta_c():
+    assert co.collapse_epsilon(R, W) == pytest.approx(EPS, rel=1e-12)
+    beta_c = co.PAPER_ALPHA / R**2
+    for b in (beta_c, 0.2, 1.0):
+        for t0 in (1.0, 100.0, 1e4):
+            p = co.collapse_probability(b, t0, d=D, R=R, w_star=W, lr=LR, alpha=co.PAPER_ALPHA)
+            assert float(p) == pytest.approx(P0, rel=1e-12)
+    # w* and 1 - w* give the same eps (the formula uses |ln|)
+    assert co.collapse_epsilon(R, 0.2) == pytest.approx(EPS, rel=1e-12)
+
+
+def test_hand_computed_exponent_exp_schedule():
+    """I for beta_i = 1e-3, t0 = 500, alpha = 0.608, written out by hand:
+    (3/sqrt(2 pi)) * (2 * 25 / ln 1e-3) * (sqrt(1e-3) - sqrt(0.608)/3)."""
+    by_hand = (3 / math.sqrt(2 * math.pi)) * (50 / math.log(1e-3)) * (
+        math.sqrt(1e-3) - math.sqrt(0.608) / 3)
+    assert by_hand > 0
+    I = co.annealing_exponent(1e-3, 500.0, R=R, lr=LR, alpha=0.608)
+    assert float(I) == pytest.approx(by_hand, rel=1e-12)
+    p = co.collapse_probability(1e-3, 500.0, d=D, R=R, w_star=W, lr=LR, alpha=0.608)
+    assert float(p) == pytest.approx(math.erf(math.sqrt(D) * EPS * math.exp(-by_hand)), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["exp", "step", "linear_beta", "linear_temperature",
+                                  "constant"])
+def test_exponent_equals_quadrature_of_schedule(name):
+    """I = (R/sqrt(2 pi)) lr int_0^{t_c} sqrt(beta(t)) dt with the library's Schedule object,
+    integrated numerically (independent of the closed forms)."""
+    alpha = 0.608
+    beta_c = alpha / R**2
+    for beta_i, t0 in [(1e-3, 300.0), (0.03, 700.0), (0.5, 200.0)]:
+        sch = Schedule(name, beta_i, t0)
+        t = np.linspace(0.0, t0, 400_001)
+        b = np.asarray(sch(t), float)
+        # trapezoid rule; the integrand jumps at t_c: error <= sqrt(beta_c) dt ~ 1e-5 relative
+        val = np.trapezoid(np.where(b < beta_c, np.sqrt(b), 0.0), t)
+        expected = (R / math.sqrt(2 * math.pi)) * LR * val
+        I = float(co.annealing_exponent(beta_i, t0, R=R, lr=LR, alpha=alpha, schedule=name))
+        assert I == pytest.approx(expected, rel=2e-4, abs=1e-9), (beta_i, t0)
+
+
+def test_grid_vectorisation_and_monotonicity():
+    b = (10.0 ** np.arange(-3, 0.51, 0.5) / R**2)[:, None]
+    t0 = np.arange(100.0, 801.0, 100.0)[None, :]
+    P = co.collapse_probability(b, t0, d=D, R=R, w_star=W, lr=LR, alpha=co.PAPER_ALPHA)
+    assert P.shape == (8, 8)
+    assert np.all((P > 0) & (P <= P0 + 1e-15))
+    assert np.all(np.diff(P, axis=1) <= 1e-15)           # longer annealing never hurts
+
+
+def test_inverse_inverts():
+    p = np.array([0.05, 0.2, 0.5, 0.9])
+    b = np.array([1e-3, 1e-2, 0.03, 1e-4])
+    t0 = co.annealing_time_for_probability(p, b, d=D, R=R, w_star=W, lr=LR,
+                                           alpha=co.PAPER_ALPHA)
+    assert np.all(np.isfinite(t0)) and np.all(t0 > 0)
+    back = co.collapse_probability(b, t0, d=D, R=R, w_star=W, lr=LR, alpha=co.PAPER_ALPHA)
+    assert np.allclose(back, p, rtol=1e-10)
+    # above P0 nothing is needed; above beta_c annealing cannot help
+    assert co.annealing_time_for_probability(0.995, 1e-3, d=D, R=R, w_star=W, lr=LR,
+                                             alpha=co.PAPER_ALPHA) == 0.0
+    assert np.isinf(co.annealing_time_for_probability(0.5, 0.2, d=D, R=R, w_star=W, lr=LR,
+                                                      alpha=co.PAPER_ALPHA))
+
+
+def test_hot_start_limit():
+    """At fixed rate r the closed form tends to the hot-start limit as beta_i -> 0; the gap is
+    O(sqrt(beta_i)) (hand-derived: I_inf - I = (R/sqrt(2pi)) 2 lr sqrt(beta_i)/ln r)."""
+    rates = np.array([1.005, 1.01, 1.03])
+    hot = co.hot_start_probability(rates, d=D, R=R, w_star=W, lr=LR, alpha=co.PAPER_ALPHA)
+    for beta_i in (1e-8, 1e-12):
+        t0 = -math.log(beta_i) / np.log(rates)
+        p = co.collapse_probability(beta_i, t0, d=D, R=R, w_star=W, lr=LR, alpha=co.PAPER_ALPHA)
+        gap = (R / math.sqrt(2 * math.pi)) * 2 * LR * math.sqrt(beta_i) / np.log(rates)
+        # |dP/dI| <= sqrt(d) eps * 2/sqrt(pi): bound the difference in P by the gap in I
+        assert np.all(np.abs(p - hot) <= 1.01 * gap * math.sqrt(D) * EPS * 2 / math.sqrt(math.pi))
+    assert np.all(np.diff(hot) > 0)      # faster annealing -> more collapse
+
+
+def test_optimal_beta_i_matches_grid_search():
+    alpha = co.PAPER_ALPHA
+    for t0 in (200.0, 800.0):
+        b_opt, p_min = co.optimal_beta_i(t0, d=D, R=R, w_star=W, lr=LR, alpha=alpha)
+        grid = np.exp(np.linspace(math.log(1e-7), math.log(alpha / R**2), 200001))
+        P = co.collapse_probability(grid, t0, d=D, R=R, w_star=W, lr=LR, alpha=alpha)
+        assert b_opt == pytest.approx(grid[np.argmin(P)], rel=1e-3)
+        assert float(p_min) == pytest.approx(P.min(), rel=1e-9)
+
+
+def test_critical_beta_is_sign_change_of_relative_mode():
+    beta_c = co.critical_beta(R, W)
+    _, _, _, lam = co.stability_exponents(np.array([beta_c * 0.97, beta_c * 1.03]), R=R, w_star=W)
+    assert lam[0] < 0 < lam[1]
+    alpha = co.derived_alpha(R, W)
+    assert alpha == pytest.approx(beta_c * R**2, rel=1e-12)
+    # large-R limit: the universal constant (hand-derived equation, float64 quadrature)
+    assert co.derived_alpha(12.0, W) == pytest.approx(co.alpha_large_r(), rel=5e-3)
+    assert 0.5 < alpha < 0.7
+
+
+def test_stability_high_temperature_limits():
+    """At high temperature the single-mean rate is R sqrt(beta)/sqrt(2 pi) (the paper's growth
+    rate of m1 - m2) and the entropy coupling tends to w1 w2 = 1/4."""
+    beta = np.array([1e-6, 1e-5])
+    a1, a2, F, lam = co.stability_exponents(beta, R=R, w_star=W)
+    assert np.allclose(a1, R * np.sqrt(beta) / math.sqrt(2 * math.pi), rtol=2e-3)
+    assert np.allclose(a1, a2)
+    assert np.allclose(F, 0.25, rtol=1e-3)
+    assert np.all(lam < 0)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(beta_i=0.0), "beta_i"), (dict(beta_i=1.5), "beta_i"), (dict(beta_i=np.nan), "beta_i"),
+    (dict(t0=0.0), "t0"), (dict(t0=[100.0, -1.0]), "t0"), (dict(d=1), "d"), (dict(R=-1.0), "R"),
+    (dict(w_star=1.0), "w_star"), (dict(lr=0.0), "lr"), (dict(alpha=-0.1), "alpha"),
+    (dict(schedule="cosine"), "schedule"),
+])
+def test_invalid_inputs_name_the_parameter(kwargs, name):
+    args = dict(beta_i=0.01, t0=100.0, d=D, R=R, w_star=W, lr=LR, alpha=0.6)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        co.collapse_probability(args.pop("beta_i"), args.pop("t0"), **args)
+
+
+def test_invalid_inputs_other_functions():
+    with pytest.raises(ValueError, match="p"):
+        co.annealing_time_for_probability(1.0, 0.01, d=D, R=R, w_star=W)
+    with pytest.raises(ValueError, match="rate"):
+        co.hot_start_probability(1.0, d=D, R=R, w_star=W)
+    with pytest.raises(ValueError, match="t0"):
+        co.optimal_beta_i(0.0, d=D, R=R, w_star=W)
+    with pytest.raises(ValueError, match="w_star"):
+        co.critical_beta(R, 0.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        co.ode_collapse_probability(0.01, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0),
+                                    n_samples=0)
+    with pytest.raises(ValueError, match="beta_i"):
+        co.ode_collapse_probability(2.0, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0))
+
+
+def test_ode_without_annealing_matches_independent_means():
+    """At beta = 1 from the start (var 1) the entropy coupling of nearly orthogonal means is weak
+    (f(0) ~ 0.02 at R = 3), so each mean goes to the mode on its side of the unstable point
+    m = -eps, independently: P ~ Phi(sqrt(d) eps)^2 + Phi(-sqrt(d) eps)^2 -- NOT the closed
+    form's erf(sqrt(d) eps), which assumes the antipodal (annealed) mechanism. Tolerance: 4 SE
+    plus 0.03 for the residual coupling (hand estimate: F ~ 0.02 vs single-mean rate ~ 0.9)."""
+    for d in (64, 512):
+        x = math.sqrt(d) * EPS
+        indep = norm.cdf(x) ** 2 + norm.cdf(-x) ** 2
+        r = co.ode_collapse_probability(1.0, 1.0, d=d, R=R, w_star=W, lr=LR,
+                                        key=jax.random.key(0), schedule="constant", n_iter=150,
+                                        n_samples=8192)
+        assert abs(float(r.p) - indep) < 4 * float(r.se) + 0.03
+    # at d = 512 the two predictions are far apart and the ODE is on the independent side
+    x = math.sqrt(512) * EPS
+    assert abs(float(r.p) - (norm.cdf(x) ** 2 + norm.cdf(-x) ** 2)) < abs(float(r.p) - erf(x))
+
+
+def test_ode_grid_shapes_monotone_and_deterministic():
+    b = np.array([1e-2, 0.1, 0.35])[:, None] / 1.0
+    t0 = np.array([100.0, 400.0, 800.0])[None, :]
+    kw = dict(d=D, R=R, w_star=W, lr=LR, key=jax.random.key(3), n_samples=2048)
+    # (2048 samples: SE <= 0.011)
+    r = co.ode_collapse_probability(b, t0, **kw)
+    assert r.p.shape == (3, 3) and r.se.shape == (3, 3)
+    assert np.array_equal(r.n_iter, np.broadcast_to(t0 + 100, (3, 3)).astype(int))
+    assert np.all((r.p > 0) & (r.p < 1))
+    assert np.allclose(r.se, np.sqrt(r.p * (1 - r.p) / 2048))
+    # slower annealing from a hot start lowers the collapse probability (common random numbers,
+    # so differences are much more precise than the SE; allow 2 SE)
+    assert np.all(np.diff(r.p[0]) < 2 * r.se[0, 1:])
+    assert r.p[0, -1] < r.p[0, 0] - 0.1
+    r2 = co.ode_collapse_probability(b, t0, **kw)
+    assert np.array_equal(r.p, r2.p)
