@@ -1,0 +1,456 @@
+"""Chapter 4's computations: the demo training run, the RealNVP collapse grid, the same grid
+with the GMM student, the normalisation comparison and the verdicts -- and the chapter's
+registered figures.
+
+Every function takes the preset's :class:`~annealvi_lib.config.RealNVPGridConfig`. Monte-Carlo
+results come from the cached grid runner (:func:`annealvi_lib.grid.run_grid`, one file per
+cell), so the notebook and ``python -m annealvi_lib figures ch4_*`` share them. The demo run is
+recomputed each time (about 10 s at the ``book`` preset, two jit compilations included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from . import realnvp as rn
+from .collapse import PAPER_ALPHA
+from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig
+from .figures import register
+from .grid import run_grid
+from .metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_interval
+from .schedules import Schedule, annealing_rate
+
+__all__ = ["DEMO_ARMS", "DemoSetting", "demo_setting", "demo_runs", "demo_summary", "FlowGrid",
+           "flow_grid", "gmm_comparison_config", "gmm_comparison", "Highlights", "highlights",
+           "critical_beta", "verdicts", "NORM_CHOICES", "norm_cells", "norm_comparison",
+           "norms_overlap", "norm_verdict", "plot_demo_run", "plot_flow_heatmap", "plot_rate",
+           "plot_flow_vs_gmm"]
+
+#: the two arms of the demo run, in plotting order
+DEMO_ARMS = ("annealed", "no annealing")
+#: conditioner normalisations compared at the end of the chapter (realnvp.NORMS)
+NORM_CHOICES = ("beta", "batch")
+
+
+# --------------------------------------------------------------------------------------------
+# one annealed run
+# --------------------------------------------------------------------------------------------
+
+class DemoSetting(NamedTuple):
+    """Schedule of the demo run: a middle beta_i of the grid, the longest t0."""
+
+    beta_i: float
+    t0: float
+    n_iter: int
+    record_every: int
+
+
+def demo_setting(cfg: RealNVPGridConfig) -> DemoSetting:
+    """The demo's ``beta_i`` (the grid's middle annealed row, or the first one for a grid of at
+    most two rows), ``t0 = max(t0s)``, ``n_iter = t0 + n_iter_extra`` and a record block giving
+    about 100 trajectory points."""
+    b = cfg.beta_is
+    beta_i = b[len(b) // 2 - 1] if len(b) > 2 else b[0]
+    t0 = max(cfg.t0s)
+    n_iter = int(t0) + cfg.n_iter_extra
+    return DemoSetting(float(beta_i), float(t0), n_iter, max(1, n_iter // 100))
+
+
+def demo_runs(cfg: RealNVPGridConfig) -> dict:
+    """Train one flow with annealing and one at ``beta = 1``, from the same key
+    (``cfg.seed + 1``) on the grid's target.
+
+    Returns ``{arm: (params, Trajectory, FinalStats)}`` for the arms :data:`DEMO_ARMS`, without
+    a seed axis (:func:`annealvi_lib.realnvp.train`).
+    """
+    s = demo_setting(cfg)
+    spec = rn.spec_from_config(cfg)
+    tgt = rn.grid_target(cfg, cfg.seed)
+    key = jax.random.key(cfg.seed + 1)
+    scheds = {"annealed": Schedule("exp", s.beta_i, s.t0), "no annealing": Schedule("constant")}
+    return {name: rn.train(key, spec, scheds[name], s.n_iter, target=tgt, batch=cfg.batch,
+                           lr=cfg.lr, record_every=s.record_every, n_eval=cfg.n_eval)
+            for name in DEMO_ARMS}
+
+
+def demo_summary(demo: dict) -> dict:
+    """:func:`annealvi_lib.metrics.run_summary` of each demo arm's final samples (one run each)."""
+    return {k: run_summary(v[2].proj[None], v[2].log_w[None]) for k, v in demo.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# the grids
+# --------------------------------------------------------------------------------------------
+
+class FlowGrid(NamedTuple):
+    """The RealNVP grid as arrays: rows ``B`` (beta_i), columns ``T`` (t0).
+
+    ``pc``, ``lo``, ``hi``: collapse probability and Wilson 95% bounds, shape (len(B), len(T));
+    ``summ``: the grid's summary rows keyed by ``(beta_i, t0)``; ``n_failed``: runs flagged
+    failed over the grid; ``seconds``: wall time of the (cached) grid call.
+    """
+
+    B: np.ndarray
+    T: np.ndarray
+    pc: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    summ: dict
+    n_failed: int
+    seconds: float
+
+
+def flow_grid(cfg: RealNVPGridConfig, progress: bool | None = None,
+              workers: int = 1) -> FlowGrid:
+    """Run (or load from the on-disk cache) the RealNVP grid of ``cfg``."""
+    t = time.perf_counter()
+    grid = run_grid("realnvp", cfg, progress=progress, workers=workers)
+    seconds = time.perf_counter() - t
+    B = np.array(cfg.beta_is)
+    T = np.array(cfg.t0s)
+    summ = {(r["beta_i"], r["t0"]): r for r in grid.summary}
+    pc, lo, hi = (np.array([[summ[(b, t)][f] for t in T] for b in B])
+                  for f in ("p_collapse", "ci_low", "ci_high"))
+    n_failed = int(sum(r["n_failed"] for r in grid.summary))
+    return FlowGrid(B, T, pc, lo, hi, summ, n_failed, seconds)
+
+
+def gmm_comparison_config(cfg: RealNVPGridConfig) -> GMMGridConfig:
+    """The GMM-student grid on the same (beta_i, t0) cells, target, batch, seeds and run length
+    as the RealNVP grid (JKO step from :class:`~annealvi_lib.config.Problem`, exact sampler)."""
+    return GMMGridConfig(problem=Problem(d=cfg.d, R=cfg.R, w_star=cfg.w_star, batch=cfg.batch),
+                         log10_beta_r2=tuple(float(np.log10(b * cfg.R**2)) for b in cfg.beta_is),
+                         t0s=cfg.t0s, n_seeds=cfg.n_seeds, n_iter_extra=cfg.n_iter_extra,
+                         sampler="exact", seed=cfg.seed)
+
+
+def gmm_comparison(cfg: RealNVPGridConfig, progress: bool | None = None):
+    """Collapse probability of the GMM student on the RealNVP grid (cached):
+    ``(pg (len(B), len(T)), seconds)``, rows and columns as in :class:`FlowGrid`."""
+    t = time.perf_counter()
+    ggrid = run_grid("gmm", gmm_comparison_config(cfg), progress=progress)
+    # beta_i = 10^k / R^2 with k = log10(beta_i R^2) round-trips only to ~1e-15
+    gsum = {(round(r["beta_i"], 10), r["t0"]): r for r in ggrid.summary}
+    pg = np.array([[gsum[(round(float(b), 10), float(t))]["p_collapse"] for t in cfg.t0s]
+                   for b in cfg.beta_is])
+    return pg, time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------------------------
+# key cells and verdicts
+# --------------------------------------------------------------------------------------------
+
+class Highlights(NamedTuple):
+    """Cells the chapter discusses (indices into ``FlowGrid.B`` / ``FlowGrid.T``).
+
+    ``ann``: annealed rows (beta_i < 1); ``p_vanilla``: mean P over the beta_i = 1 row with the
+    Wilson interval ``(lo_van, hi_van)`` of its pooled counts; ``(i_best, j_best)``: the best
+    annealed cell; ``i_hot``: the hottest row; ``jm``: the middle t0 column; ``i_optm``: the best
+    annealed row at ``jm``; ``i_opt0``: the best annealed row at the shortest t0.
+    """
+
+    ann: np.ndarray
+    p_vanilla: float
+    lo_van: float
+    hi_van: float
+    i_best: int
+    j_best: int
+    i_hot: int
+    jm: int
+    i_optm: int
+    i_opt0: int
+
+
+def _argmin_annealed(p: np.ndarray, ann: np.ndarray) -> int:
+    """Row index of the smallest probability among annealed rows (NaN-tolerant)."""
+    return int(np.nanargmin(np.where(ann, p, np.inf)))
+
+
+def highlights(fg: FlowGrid) -> Highlights:
+    """The cells quoted in the chapter's prose (see :class:`Highlights`)."""
+    B, T, pc = fg.B, fg.T, fg.pc
+    ann = B < 1
+    p_vanilla = float(np.nanmean(pc[~ann]))
+    if (~ann).any():
+        k_van = int(sum(fg.summ[(1.0, t)]["n_collapsed"] for t in T))
+        n_van = int(sum(fg.summ[(1.0, t)]["n_runs"] - fg.summ[(1.0, t)]["n_failed"] for t in T))
+    else:
+        k_van = n_van = 0
+    lo_van, hi_van = wilson_interval(k_van, max(n_van, 1)) if n_van else (np.nan, np.nan)
+    i_best, j_best = np.unravel_index(np.nanargmin(np.where(ann[:, None], pc, np.inf)), pc.shape)
+    jm = len(T) // 2
+    return Highlights(ann=ann, p_vanilla=p_vanilla, lo_van=float(lo_van), hi_van=float(hi_van),
+                      i_best=int(i_best), j_best=int(j_best), i_hot=int(np.argmin(B)), jm=jm,
+                      i_optm=_argmin_annealed(pc[:, jm], ann),
+                      i_opt0=_argmin_annealed(pc[:, 0], ann))
+
+
+def critical_beta(R: float) -> float:
+    """The paper's critical inverse temperature of the GMM student, ``alpha / R^2`` with
+    ``alpha = 0.608`` (chapter 3)."""
+    return PAPER_ALPHA / R**2
+
+
+def _fmt_drops(B, mat, rows) -> str:
+    """``beta_i = b: P(shortest t0) -> P(longest t0)`` for each row index in ``rows``."""
+    return "; ".join(f"$\\beta_i$ = {float(B[i]):.3g}: {float(mat[i, 0]):.2f} → "
+                     f"{float(mat[i, -1]):.2f}" for i in rows)
+
+
+def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float) -> dict[str, str]:
+    """The chapter's comparisons of the flow with the GMM student, as Markdown sentences.
+
+    Args:
+      fg: the RealNVP grid; pg: the GMM grid on the same cells (shape of ``fg.pc``);
+      hl: :func:`highlights` of ``fg``; beta_c: the GMM's critical beta (:func:`critical_beta`).
+    Returns:
+      ``{"v_vanilla", "v_rate_below", "v_rate_above", "v_hot"}`` -> text: collapse without
+      annealing; shortest-to-longest-t0 change for annealed rows below / above ``beta_c``; the
+      hottest against the best start at the middle t0 (significance from Wilson intervals).
+    """
+    B, pc, lo, hi, ann = fg.B, fg.pc, fg.lo, fg.hi, hl.ann
+    i_hot, jm, i_optm = hl.i_hot, hl.jm, hl.i_optm
+    out = {}
+    # 1. no annealing
+    pg_van = float(np.nanmean(pg[~ann])) if (~ann).any() else float("nan")
+    out["v_vanilla"] = (
+        f"the flow collapses with probability {hl.p_vanilla:.2f} and the GMM student with "
+        f"{pg_van:.2f}. " + (
+            "The flow is *more* collapse-prone than the GMM at this dimension: the GMM's "
+            "collapse probability without annealing is set by the random initial overlap "
+            "$m_1 - m_2 \\sim \\mathcal N(0, 2/d)$, which is large at small $d$, while the flow "
+            "starts from $\\mathcal N(0, I)$, a single bump that the heavy mode pulls over."
+            if hl.p_vanilla > pg_van + 0.1 else
+            "Both are collapse-prone, as in the paper."))
+    # 2. slower annealing helps, below and above beta_c
+    rows_below = [i for i in range(len(B)) if ann[i] and B[i] < beta_c]
+    rows_above = [i for i in range(len(B)) if ann[i] and B[i] >= beta_c]
+    for name, rows, side in (("v_rate_below", rows_below, "below"),
+                             ("v_rate_above", rows_above, "above")):
+        out[name] = (_fmt_drops(B, pc, rows) + " (flow), " + _fmt_drops(B, pg, rows) + " (GMM)"
+                     if rows else f"no annealed row {side} $\\beta_c$ at this preset")
+    # 3. hot starts at a fixed budget (middle t0)
+    i_opt_g = _argmin_annealed(pg[:, jm], ann)
+    out["v_hot"] = (
+        f"the flow collapses with probability {pc[i_hot, jm]:.2f} "
+        f"[{lo[i_hot, jm]:.2f}, {hi[i_hot, jm]:.2f}] from the hottest start "
+        f"$\\beta_i$ = {B[i_hot]:.3g} against {pc[i_optm, jm]:.2f} "
+        f"[{lo[i_optm, jm]:.2f}, {hi[i_optm, jm]:.2f}] from its best start "
+        f"$\\beta_i$ = {B[i_optm]:.3g}; the GMM student {pg[i_hot, jm]:.2f} from the hottest "
+        f"and {pg[i_opt_g, jm]:.2f} from its best, $\\beta_i$ = {B[i_opt_g]:.3g}. " + (
+            "For the flow a very hot start *hurts* at this budget (the intervals do not "
+            "overlap)" if lo[i_hot, jm] > hi[i_optm, jm] else
+            "The intervals of the flow's hottest and best starts overlap: no significant "
+            "cost of a hot start at this budget") + ".")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# does the conditioner normalisation matter?
+# --------------------------------------------------------------------------------------------
+
+def norm_cells(fg: FlowGrid, hl: Highlights) -> list[tuple[float, float]]:
+    """The two cells rerun with each normalisation: no annealing at the shortest t0, and the
+    hottest start at the middle t0."""
+    return [(1.0, float(fg.T[0])), (float(fg.B[hl.i_hot]), float(fg.T[hl.jm]))]
+
+
+def _one_cell_config(cfg: RealNVPGridConfig, beta_i: float, t0: float,
+                     **changes) -> RealNVPGridConfig:
+    """A copy of ``cfg`` whose grid is the single cell ``(beta_i, t0)``; ``beta_i`` must be 1
+    or one of the grid's rows (so that it is reproduced bit for bit)."""
+    if beta_i == 1.0:
+        rows = dict(log10_beta_9=(), include_beta_one=True)
+    else:
+        ks = [k for k in cfg.log10_beta_9 if 10.0**k / 9.0 == beta_i]
+        if not ks:
+            raise ValueError(f"beta_i must be 1 or a row of the grid {cfg.beta_is}, got {beta_i!r}")
+        rows = dict(log10_beta_9=(ks[0],), include_beta_one=False)
+    return dataclasses.replace(cfg, t0s=(float(t0),), **rows, **changes)
+
+
+def norm_comparison(cfg: RealNVPGridConfig, cells: list[tuple[float, float]],
+                    n_seeds: int | None = None, progress: bool | None = None) -> list[dict]:
+    """Collapse rates of ``cells`` for each normalisation in :data:`NORM_CHOICES` (cached).
+
+    Each (cell, norm) is a one-cell grid (:func:`annealvi_lib.grid.run_grid`) with replicates
+    ``0 .. n_seeds - 1``, i.e. the first keys of the main grid's cell.
+
+    Args:
+      cfg: the RealNVP grid configuration.
+      cells: ``(beta_i, t0)`` pairs, each beta_i 1 or a row of the grid.
+      n_seeds: runs per cell (>= 2; default ``max(2, cfg.n_seeds // 2)``).
+    Returns:
+      one dict per cell: ``beta_i``, ``t0`` and, per norm, ``{"p", "lo", "hi", "n"}``
+      (collapse probability over non-failed runs, Wilson 95% bounds, non-failed runs).
+    """
+    n_seeds = max(2, cfg.n_seeds // 2) if n_seeds is None else int(n_seeds)
+    if n_seeds < 2:
+        raise ValueError(f"n_seeds must be >= 2, got {n_seeds}")
+    rows = []
+    for b, t0 in cells:
+        row = {"beta_i": float(b), "t0": float(t0)}
+        for norm in NORM_CHOICES:
+            c = _one_cell_config(cfg, b, t0, norm=norm, n_seeds=n_seeds)
+            s = run_grid("realnvp", c, progress=progress).summary[0]
+            row[norm] = {"p": float(s["p_collapse"]), "lo": float(s["ci_low"]),
+                         "hi": float(s["ci_high"]), "n": int(s["n_runs"] - s["n_failed"])}
+        rows.append(row)
+    return rows
+
+
+def norms_overlap(rows: list[dict]) -> bool:
+    """True when the Wilson intervals of the two normalisations overlap in every cell."""
+    a, b = NORM_CHOICES
+    return all(r[a]["lo"] <= r[b]["hi"] and r[b]["lo"] <= r[a]["hi"] for r in rows)
+
+
+def norm_verdict(rows: list[dict]) -> str:
+    """One Markdown sentence on whether the normalisation changes the conclusions."""
+    if norms_overlap(rows):
+        return ("The Wilson intervals of the two normalisations overlap in both cells: at this "
+                "sample size the choice does not change the conclusions.")
+    return ("The intervals do **not** overlap in at least one cell: the normalisation matters "
+            "there (see the numbers above).")
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+def plot_demo_run(demo: dict, cfg: RealNVPGridConfig):
+    """Four panels of the demo runs: final marginal along mu* against the target, KL to the
+    tempered target, std/mean of the projection, and the schedule."""
+    import matplotlib.pyplot as plt
+
+    std_target = target_projection_std(cfg.R, cfg.w_star)
+    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
+    yy = np.linspace(-8, 8, 801)
+    p1 = (cfg.w_star * np.exp(-0.5 * (yy - cfg.R) ** 2)
+          + (1 - cfg.w_star) * np.exp(-0.5 * (yy + cfg.R) ** 2)) / math.sqrt(2 * math.pi)
+    a = ax[0, 0]
+    a.plot(yy, p1, "k", lw=2, label=r"target $\pi$")
+    for i, (k, v) in enumerate(demo.items()):
+        a.hist(np.asarray(v[2].proj), bins=80, range=(-8, 8), density=True, alpha=0.5,
+               color=f"C{i}", label=f"flow, {k}")
+    a.set_xlabel(r"$y = \langle \mu^*, x\rangle$")
+    a.set_ylabel("density")
+    a.set_title("final marginal along $\\mu^*$")
+    a.legend()
+    for i, (k, v) in enumerate(demo.items()):
+        tr = v[1]
+        ax[0, 1].plot(tr.step, tr.kl, color=f"C{i}", label=f"KL$(q\\|\\pi_\\beta)$, {k}")
+        ax[1, 0].plot(tr.step, tr.proj_std, color=f"C{i}", label=f"std, {k}")
+        ax[1, 0].plot(tr.step, tr.proj_mean, "--", color=f"C{i}", label=f"mean, {k}")
+        ax[1, 1].plot(tr.step, tr.beta, color=f"C{i}", label=k)
+    ax[0, 1].set_yscale("log")
+    ax[0, 1].set_xlabel("step $t$")
+    ax[0, 1].set_ylabel("KL (nats)")
+    ax[0, 1].legend()
+    for v, lab in ((std_target, "target std"), (1.0, "one mode"), (COLLAPSE_STD, "threshold")):
+        ax[1, 0].axhline(v, color="grey", lw=0.8, ls=":")
+        ax[1, 0].text(0, v, lab, fontsize=8, va="bottom")
+    ax[1, 0].set_xlabel("step $t$")
+    ax[1, 0].set_ylabel(r"std / mean of $\langle\mu^*, x\rangle$")
+    ax[1, 0].legend(fontsize=8)
+    ax[1, 1].set_yscale("log")
+    ax[1, 1].set_xlabel("step $t$")
+    ax[1, 1].set_ylabel(r"$\beta(t)$")
+    ax[1, 1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_flow_heatmap(fg: FlowGrid):
+    """Collapse probability over (beta_i, t0) with the Wilson 95% interval in each cell."""
+    import matplotlib.pyplot as plt
+
+    B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
+    fig, ax = plt.subplots(figsize=(6, 4))
+    im = ax.imshow(pc, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(T)), [f"{t:.0f}" for t in T])
+    ax.set_yticks(range(len(B)), [f"{b:.3g}" for b in B])
+    for i in range(len(B)):
+        for j in range(len(T)):
+            ax.text(j, i, f"{pc[i, j]:.2f}\n[{lo[i, j]:.2f}, {hi[i, j]:.2f}]", ha="center",
+                    va="center", fontsize=7, color="w" if pc[i, j] < 0.6 else "k")
+    ax.set_xlabel("annealing time $t_0$ (steps)")
+    ax.set_ylabel(r"initial inverse temperature $\beta_i$")
+    fig.colorbar(im, ax=ax, label="P(collapse)")
+    return fig
+
+
+def plot_rate(fg: FlowGrid):
+    """Collapse probability against the annealing rate ``beta_i^(-1/t0) - 1``, one curve per
+    annealed beta_i, Wilson 95% bars."""
+    import matplotlib.pyplot as plt
+
+    B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, b in enumerate(B[B < 1]):
+        rate = annealing_rate(b, T)
+        ax.errorbar(rate - 1, pc[i], yerr=[pc[i] - lo[i], hi[i] - pc[i]], marker="o", capsize=3,
+                    label=rf"$\beta_i$ = {b:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
+    ax.set_ylabel("P(collapse)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray):
+    """Side-by-side heatmaps: RealNVP (``fg.pc``) and GMM student (``pg``) on the same cells."""
+    import matplotlib.pyplot as plt
+
+    B, T = fg.B, fg.T
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for a, mat, title in ((axs[0], fg.pc, "RealNVP"), (axs[1], pg, "GMM student")):
+        im = a.imshow(mat, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        a.set_xticks(range(len(T)), [f"{t:.0f}" for t in T])
+        a.set_yticks(range(len(B)), [f"{b:.3g}" for b in B])
+        for i in range(len(B)):
+            for j in range(len(T)):
+                a.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                       color="w" if mat[i, j] < 0.6 else "k")
+        a.set_xlabel("$t_0$ (steps)")
+        a.set_title(title)
+    axs[0].set_ylabel(r"$\beta_i$")
+    fig.colorbar(im, ax=axs, label="P(collapse)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# registered figures (python -m annealvi_lib figures ch4_*)
+# --------------------------------------------------------------------------------------------
+
+@register("ch4_demo_run", chapter=4,
+          description="one RealNVP run with and one without annealing (marginal, KL, std, beta)")
+def fig_demo_run(preset: Preset):
+    cfg = preset.realnvp_grid
+    return plot_demo_run(demo_runs(cfg), cfg)
+
+
+@register("ch4_heatmap", chapter=4,
+          description="RealNVP collapse probability over (beta_i, t0) with Wilson intervals")
+def fig_heatmap(preset: Preset):
+    return plot_flow_heatmap(flow_grid(preset.realnvp_grid))
+
+
+@register("ch4_rate", chapter=4,
+          description="RealNVP collapse probability against the annealing rate")
+def fig_rate(preset: Preset):
+    return plot_rate(flow_grid(preset.realnvp_grid))
+
+
+@register("ch4_flow_vs_gmm", chapter=4,
+          description="RealNVP and GMM-student collapse probability on the same grid")
+def fig_flow_vs_gmm(preset: Preset):
+    cfg = preset.realnvp_grid
+    return plot_flow_vs_gmm(flow_grid(cfg), gmm_comparison(cfg)[0])
