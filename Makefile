@@ -38,7 +38,8 @@ vendor: $(STAMP)
 	$(VPY) scripts/vendor_assets.py
 
 bench: $(STAMP)
-	$(VPY) benchmarks/bench_student.py
+	$(VPY) benchmarks/bench_gmm.py --out results/bench_gmm.json
+	$(VPY) benchmarks/bench_realnvp.py --out results/bench_realnvp.json
 
 clean:
 	rm -rf _build figures .pytest_cache book/_vendor
