@@ -96,7 +96,7 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
         XX, TT = np.meshgrid(xf, tf, indexing="ij")
         # the cell-edge margins can leave the valid domain: clip to beta <= 1, t0 >= 1
         P = iso_fn(np.minimum(10.0**XX / R**2, 1.0), np.maximum(TT, 1.0))
-        cs = ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
+        ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
         ax.plot([], [], "w--", label=iso_label)
         ax.legend(loc="upper right", fontsize=8, labelcolor="white")
     ax.set_xlabel(r"$\log_{10}(\beta_i R^2)$")

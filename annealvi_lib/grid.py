@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from ._rng import fast_threefry
+from .cache import save_npz_atomic, source_hash
 from ._validate import check_choice, check_int_at_least
 from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
@@ -113,11 +114,7 @@ _SOURCES = {"gmm": ("student.py", "reduced.py", "targets.py", "schedules.py", "s
 def _source_hash(study: str) -> str:
     """Hash of the library modules a study's runs depend on, so that a code change (even
     without a version bump) never reuses stale cached results."""
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in _SOURCES[study]:
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash(*_SOURCES[study])
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,15 +215,7 @@ def _load_cell(path: Path, n_seeds: int, fields: Iterable[str]):
 
 def _save_cell(path: Path, data: dict) -> None:
     """Atomic write: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_npz_atomic(path, data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +282,8 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
         else:
             results[cell] = data
     workers = check_int_at_least("workers", workers, 1)
-    if todo and workers > 1:
+    # fewer missing cells than workers: one in-process run using every core is faster
+    if workers > 1 and len(todo) >= workers:
         _run_in_workers(study, cfg, sampler, todo, root, master_seed, chunk, workers, progress)
         for cell in todo:
             data = _load_cell(_cell_path(root, cell), cfg.n_seeds, fields)

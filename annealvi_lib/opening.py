@@ -13,20 +13,19 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 import matplotlib.pyplot as plt
 from scipy.stats import norm
 
 from . import __version__
+from .cache import save_npz_atomic, source_hash
 from .config import DemoConfig
 from .schedules import SCHEDULES, Schedule
 from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
-from .targets import Target, make_target
+from .targets import make_target
 
 __all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_cache_path",
            "cached_opening_experiment", "marginal_along_mu_star", "student_marginal",
@@ -87,11 +86,7 @@ def opening_n_seeds(preset_name: str) -> int:
 def _source_digest() -> str:
     """Hash of the modules the opening experiment depends on (so a code change, not only a
     version bump, invalidates the cache)."""
-    h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in ("opening.py", "student.py", "targets.py", "schedules.py", "config.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash("opening.py", "student.py", "targets.py", "schedules.py", "config.py")
 
 
 def opening_cache_path(cfg: DemoConfig, n_seeds: int, cache: str | os.PathLike | None = None) -> Path:
@@ -118,15 +113,7 @@ def _save_runs(path: Path, runs: dict[str, OpeningRun]) -> None:
             data[f"{name}.traj.{field}"] = np.asarray(arr)
         data[f"{name}.collapsed"] = np.asarray(run.collapsed)
         data[f"{name}.failed"] = np.asarray(run.failed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_npz_atomic(path, data)
 
 
 def _load_runs(path: Path, cfg: DemoConfig, n_seeds: int) -> dict[str, OpeningRun] | None:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._rng import fast_threefry
-from ._validate import check_int_at_least, check_positive, check_beta
+from ._validate import check_int_at_least, check_positive
 from .schedules import Schedule
 from .targets import Target, log_partition, potential
 

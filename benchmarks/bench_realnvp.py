@@ -11,7 +11,6 @@ batch 1024). The S = 1 row is the cost of a plain per-seed loop.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -19,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from annealvi_lib import realnvp as rn
 from annealvi_lib.config import get_preset

@@ -1,0 +1,38 @@
+"""On-disk result cache helpers: atomic ``.npz`` writes and source hashes for cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_npz_atomic", "source_hash"]
+
+
+def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` (name -> array) to ``path`` atomically: a temporary file in the same folder
+    is renamed over the target, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def source_hash(*module_files: str) -> str:
+    """Short hash of library source files (names relative to the package folder), so that cached
+    results are recomputed after a code change even without a version bump."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in module_files:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
