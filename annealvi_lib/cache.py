@@ -33,6 +33,5 @@ def source_hash(*module_files: str) -> str:
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
     for name in module_files:
-        h.update(name.encode())
         h.update((here / name).read_bytes())
     return h.hexdigest()[:12]

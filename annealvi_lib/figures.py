@@ -134,7 +134,7 @@ def _load_chapter_modules() -> None:
 
 
 #: library modules (relative names) that define ``@register``-ed figures of chapters 2-4
-_CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "realnvp_study")
+_CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "ode_study", "realnvp_study")
 
 
 # --------------------------------------------------------------------------------------------

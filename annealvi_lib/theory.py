@@ -523,9 +523,12 @@ def initial_stats(init_keys, target):
     Returns:
       array (S, 3).
     """
+    from ._rng import fast_threefry
     from .student import init_student
 
-    states = jax.vmap(lambda k: init_student(k, target.d, target.R, 1.0))(init_keys)
+    # same PRNG bit layout as simulate_seeds draws its initial means with (else other means)
+    with fast_threefry():
+        states = jax.vmap(lambda k: init_student(k, target.d, target.R, 1.0))(init_keys)
     return stats_from_state(states, target)
 
 

@@ -89,10 +89,10 @@ def test_b_to_zero_limit_and_gradients_finite():
     np.testing.assert_allclose(th.gauss_sigmoid_sq_mean(c, 0.0), jax.nn.sigmoid(c) ** 2, atol=1e-7)
     # s -> 1: f -> w1 sigma(ln(w2/w1)) = w1 w2 for any u; derivatives stay finite
     assert abs(float(th.f(1.0, R=R, u=1.0)) - 0.25) < 1e-7
-    for s0 in (1.0, 0.3, -1.0):
-        df = jax.grad(lambda s: th.f(s, R=R, u=2.0))(s0)
-        assert np.isfinite(float(df))
-    dg = jax.grad(lambda m: th.g(m, R=R, u=10.0))(0.2)
+    # one jitted program for all derivatives (eager grads cost seconds of op-by-op compilation)
+    df = jax.jit(jax.vmap(jax.grad(lambda s: th.f(s, R=R, u=2.0))))(jnp.asarray([1.0, 0.3, -1.0]))
+    assert np.all(np.isfinite(np.asarray(df)))
+    dg = jax.jit(jax.grad(lambda m: th.g(m, R=R, u=10.0)))(0.2)
     assert np.isfinite(float(dg))
 
 
@@ -121,35 +121,56 @@ def test_fixed_points():
     """Both-modes (m1 = -m2 = +-1, s = -1) and collapsed (m1 = m2 = +-1, s = 1) states are rest
     points of the 3- and 5-statistic systems at every temperature."""
     pts = jnp.asarray([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0], [-1.0, -1.0, 1.0]])
+    rhs3 = jax.jit(lambda x, beta: th.ode_rhs(x, beta, R=R, w_star=W_STAR))
+    rhs5 = jax.jit(lambda x, beta: th.ode_rhs5(x, beta, R=R, w_star=W_STAR))
     for beta in (0.01, 0.3, 1.0):
-        rhs = th.ode_rhs(pts, beta, R=R, w_star=W_STAR)
-        assert float(jnp.max(jnp.abs(rhs))) < 1e-6
+        assert float(jnp.max(jnp.abs(rhs3(pts, beta)))) < 1e-6
         p5 = jnp.concatenate([pts, jnp.full((4, 2), 1.0 / beta)], -1)
-        assert float(jnp.max(jnp.abs(th.ode_rhs5(p5, beta, R=R, w_star=W_STAR)))) < 1e-5
+        assert float(jnp.max(jnp.abs(rhs5(p5, beta)))) < 1e-5
     # a generic point is not a rest point
-    assert float(jnp.max(jnp.abs(th.ode_rhs(jnp.asarray([0.3, -0.1, 0.2]), 0.5, R=R)))) > 1e-2
+    generic = jnp.broadcast_to(jnp.asarray([0.3, -0.1, 0.2]), (4, 3))
+    assert float(jnp.max(jnp.abs(rhs3(generic, 0.5)))) > 1e-2
+
+
+# Each distinct (schedule, n_iter, shape, flags) of the integrators is one XLA compilation of
+# ~1-2 s (RK4: ~5 s); the two tests below share the same starts and schedule so that the Euler
+# run is compiled once for both.
+SCH_INV = Schedule("exp", 0.01, 60.0)
+
+
+def _starts():
+    """61 random initial statistics in d = 64 and three extreme ones, shape (64, 3)."""
+    x0 = th.sample_initial_stats(jax.random.key(3), 64, 61)
+    return jnp.concatenate([x0, jnp.asarray([[1.0, -1.0, -1.0], [1.0, 1.0, 1.0],
+                                             [0.99, -0.99, -0.999]])])
 
 
 def test_invariants_and_vmap():
     """|m_k|, |s| <= 1 along integrated trajectories, from many (also extreme) starts; vmap over
-    initial conditions equals the batched call."""
-    sch = Schedule("exp", 0.01, 60.0)
-    x0 = th.sample_initial_stats(jax.random.key(3), 64, 64)
-    x0 = jnp.concatenate([x0, jnp.asarray([[1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [0.99, -0.99, -0.999]])])
-    for method in ("euler", "rk4"):
-        tr = th.integrate_ode(x0[:8] if method == "rk4" else x0, sch, 80, R=R, method=method,
-                              substeps=1)
-        for k in ("m1", "m2", "s"):
-            a = np.asarray(getattr(tr, k))
-            assert np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
-        assert tr.s.shape[-1] == 81
-    tr_b = th.integrate_ode(x0, sch, 80, R=R, record=False)
-    tr_v = jax.vmap(lambda x: th.integrate_ode(x, sch, 80, R=R, record=False))(x0)
-    np.testing.assert_allclose(tr_b.s, tr_v.s, atol=1e-6)
-    # euler (discrete map) and rk4 (continuous beta(tau)) are both consistent with DESIGN's ODE:
-    # they differ by O(lr) (measured ~7e-3 on the book schedule)
-    e = th.sup_error(th.integrate_ode(x0[:8], sch, 80, R=R),
-                     th.integrate_ode(x0[:8], sch, 80, R=R, method="rk4", substeps=1))
+    initial conditions (unrecorded) equals the last step of the batched recorded call."""
+    x0 = _starts()
+    tr = th.integrate_ode(x0, SCH_INV, 80, R=R)
+    for k in ("m1", "m2", "s"):
+        a = np.asarray(getattr(tr, k))
+        assert np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
+    assert tr.s.shape == (64, 81)
+    tr_v = jax.vmap(lambda x: th.integrate_ode(x, SCH_INV, 80, R=R, record=False))(x0)
+    assert tr_v.s.shape == (64, 1)
+    np.testing.assert_allclose(tr.s[:, -1:], tr_v.s, atol=1e-6)
+
+
+def test_rk4_agrees_with_euler():
+    """euler (discrete map, beta at integer steps) and rk4 (tangent ODE, continuous beta(tau))
+    are both consistent with DESIGN's ODE: along a whole schedule they differ by O(lr) (measured
+    ~7e-3 on this schedule; 0.05 leaves a wide margin while catching a wrong sign or factor,
+    which moves the statistics by O(1))."""
+    x0 = _starts()
+    sch = SCH_INV
+    rk = th.integrate_ode(x0, sch, 80, R=R, method="rk4", substeps=1)
+    for k in ("m1", "m2", "s"):
+        a = np.asarray(getattr(rk, k))
+        assert np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
+    e = th.sup_error(th.integrate_ode(x0, sch, 80, R=R), rk)
     assert float(jnp.max(e)) < 0.05
 
 
@@ -158,9 +179,10 @@ def test_euler_is_tangent_ode_to_first_order():
     x = jnp.asarray([[0.3, -0.2, -0.5], [0.05, 0.02, 0.1]])
     sch = Schedule("constant", 1.0, 1.0)
     errs = []
+    rhs = jax.jit(lambda x: th.ode_rhs(x, 0.2, R=R))(x)
     for lr in (1e-2, 5e-3):
         tr = th.integrate_ode(x, Schedule("exp", 0.2, 1e6), 1, R=R, lr=lr)
-        pred = x + lr * th.ode_rhs(x, 0.2, R=R)
+        pred = x + lr * rhs
         errs.append(float(jnp.max(jnp.abs(jnp.stack([tr.m1[:, 1], tr.m2[:, 1], tr.s[:, 1]], -1) - pred))))
     assert errs[1] < errs[0] / 3           # O(lr^2): halving lr divides the error by ~4
     del sch
@@ -173,12 +195,16 @@ def test_expected_gradient_matches_monte_carlo():
     tgt = make_target(d, R, W_STAR)
     state = st.init_student(jax.random.key(0), d, R, 4.0)
     beta = 0.25
-    exact = th.expected_mean_grad(state, tgt, beta)
-    zs = jax.random.normal(jax.random.key(1), (8, 2, 4096, d))
-    grads = jax.vmap(lambda z: jax.grad(st.mc_loss)(state, tgt, beta, z).mu)(zs)
-    mean = grads.mean(0)
-    se = grads.std(0, ddof=1) / math.sqrt(8)
-    assert float(jnp.max(jnp.abs(mean - exact) / (se + 1e-6))) < 5.0
+
+    @jax.jit        # one program: eager evaluation costs seconds of op-by-op compilation
+    def zscore(key):
+        exact = th.expected_mean_grad(state, tgt, beta)
+        zs = jax.random.normal(key, (8, 2, 4096, d))
+        grads = jax.vmap(lambda z: jax.grad(st.mc_loss)(state, tgt, beta, z).mu)(zs)
+        se = grads.std(0, ddof=1) / math.sqrt(8)
+        return jnp.max(jnp.abs(grads.mean(0) - exact) / (se + 1e-6))
+
+    assert float(zscore(jax.random.key(1))) < 5.0
 
 
 def test_validation_errors():
@@ -203,20 +229,41 @@ def test_validation_errors():
         th.integrate_ode(jnp.zeros(3), "exp", 5, R=R)
 
 
+# Error law of the 5-statistic map measured in chapter 2 (section 5, `book` preset, on its scan
+# schedule: exp from beta_i = 1/(10 R^2) with t0 = 400, 450 steps): the seed-mean sup-norm error
+# is ~ ERR_CONST sqrt(d/B) (the chapter's glued `err_const`). The constant depends on the
+# schedule, so the test below runs on that same schedule.
+ERR_CONST = 0.19
+# Seed-to-seed coefficient of variation of the sup-norm error at (d, B) = (32, 512) on that
+# schedule, measured over 32 seeds: 1.4 (heavy right tail: single seeds reach 7x the mean, when
+# the symmetry between the components breaks at a different time).
+ERR_CV = 1.4
+
+
 def test_ode_agrees_with_simulation():
     """Simulation vs 5-statistic map (with finite-batch correction) from the same initial
-    statistics, in the perturbative regime d/B << 1. Tolerance from the error law measured in
-    chapter 2: mean sup-norm error ~ C sqrt(d/B) with C ~ 0.1 over a slow schedule; we allow
-    4 C sqrt(d/B) (seed-to-seed scatter of the error is of the order of its mean)."""
-    d, B = 32, 512
+    statistics, in the perturbative regime d/B << 1, at one point of chapter 2's B-scan.
+
+    Tolerance: the chapter's error law ERR_CONST sqrt(d/B) plus 4 standard errors of an
+    n-seed mean, i.e. ERR_CONST sqrt(d/B) (1 + 4 ERR_CV/sqrt(n)) = 3.0 x the law for n = 8
+    (the mean over these 8 seeds measures 0.8-1.1 x the law; a wrong sign or factor in the map
+    gives O(1) errors, 10x the bound)."""
+    from annealvi_lib.config import get_preset
+
+    C = get_preset("book").ode_check
+    d, B, n = 32, 512, 8
+    assert d == C.scan_d and B in C.batches          # a point of the chapter's B-scan
+    beta_i = 1.0 / (C.beta_i_factor * R**2)
     tgt = make_target(d, R, W_STAR)
-    sch = Schedule("exp", 1 / 90.0, 150.0)
-    ik, nk = st.seed_keys(0, 4)
-    _, tr = st.simulate_seeds(ik, nk, tgt, sch, 180, st.Hyper(0.05, B))
-    x5 = jnp.concatenate([th.initial_stats(ik, tgt), jnp.full((4, 2), 90.0)], -1)
-    ode = th.integrate_ode5(x5, sch, 180, R=R, w_star=W_STAR, d_over_batch=(d - 3) / B)
+    sch = Schedule("exp", beta_i, C.scan_t0)
+    ik, nk = st.seed_keys(0, n)
+    _, tr = st.simulate_seeds(ik, nk, tgt, sch, C.scan_n_iter, st.Hyper(C.problem.lr, B))
+    x5 = jnp.concatenate([th.initial_stats(ik, tgt), jnp.full((n, 2), 1.0 / beta_i)], -1)
+    ode = th.integrate_ode5(x5, sch, C.scan_n_iter, R=R, w_star=W_STAR, lr=C.problem.lr,
+                            d_over_batch=(d - 3) / B)
     err = th.sup_error(ode, tr)
-    assert float(jnp.mean(err)) < 4 * 0.1 * math.sqrt(d / B)
+    bound = ERR_CONST * math.sqrt(d / B) * (1 + 4 * ERR_CV / math.sqrt(n))
+    assert float(jnp.mean(err)) < bound
     # the variances follow the discrete variance map up to O(1/d) relative corrections
     rel = jnp.max(jnp.abs(ode.var1 - tr.var1) / tr.var1)
     assert float(rel) < 3.0 / d
