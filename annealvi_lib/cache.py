@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_npz_atomic", "source_hash"]
+__all__ = ["save_npz_atomic", "load_npz", "source_hash"]
 
 
 def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
@@ -25,6 +25,19 @@ def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def load_npz(path: str | os.PathLike) -> dict | None:
+    """All arrays of an ``.npz`` file, or ``None`` if it is missing or unreadable (a corrupt cache
+    file is then recomputed by the caller)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except Exception:
+        return None
 
 
 def source_hash(*module_files: str) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import __version__
 from ._rng import fast_threefry
-from .cache import save_npz_atomic, source_hash
+from .cache import load_npz, save_npz_atomic, source_hash
 from ._validate import check_choice, check_int_at_least
 from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
@@ -201,12 +201,8 @@ def _cell_path(root: Path, cell) -> Path:
 
 def _load_cell(path: Path, n_seeds: int, fields: Iterable[str]):
     """Load a cached cell; ``None`` if missing, unreadable or inconsistent (then it is redone)."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as z:
-            data = {k: np.asarray(z[k]) for k in z.files}
-    except Exception:
+    data = load_npz(path)
+    if data is None:
         return None
     if not set(fields) <= set(data) or any(data[k].shape != (n_seeds,) for k in fields):
         return None

@@ -21,7 +21,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +33,7 @@ from . import __version__
 from . import student as st
 from . import theory as th
 from ._validate import check_int_at_least, check_positive
+from .cache import load_npz, save_npz_atomic
 from .config import OdeCheckConfig, Preset
 from .figures import register
 from .schedules import Schedule
@@ -223,27 +223,13 @@ def cache_path(kind: str, C: OdeCheckConfig, cache: str | os.PathLike | None = N
 
 def _save(path: Path, data: dict[str, np.ndarray]) -> None:
     """Atomic npz write (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_npz_atomic(path, data)
 
 
 def _load(path: Path, keys) -> dict[str, np.ndarray] | None:
     """The arrays of ``path`` if it exists, reads and has all ``keys``; else None."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as z:
-            data = {k: np.asarray(z[k]) for k in z.files}
-    except Exception:
-        return None
-    return data if set(keys) <= set(data) else None
+    data = load_npz(path)
+    return data if data is not None and set(keys) <= set(data) else None
 
 
 def _cached(kind: str, C: OdeCheckConfig, cls, cache, refresh: bool, path: Path | None = None,
