@@ -90,6 +90,7 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
             ax.text(x[i], t0s[j], f"{p:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if p < 0.6 else "black")
     fig.colorbar(im, ax=ax, label=r"measured $P_{\rm collapse}$")
+    ax.grid(False)   # grid lines would cut through the cells
     if iso_fn is not None:
         xf = np.linspace(x[0] - dx / 2, x[-1] + dx / 2, 200)
         tf = np.linspace(t0s[0] - dt / 2, t0s[-1] + dt / 2, 200)
