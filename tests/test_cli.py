@@ -44,7 +44,9 @@ def test_every_option_of_every_subcommand_shows_its_default():
                                                              and action.nargs != "*"):
                 continue
             assert (action.option_strings or [action.metavar])[-1] in text, (name, action.dest)
-            shown = formatter._get_help_string(action)
+            # the help as printed (``%(default)s`` substituted), so the template's own
+            # "%(default)s" is not mistaken for a second "(default ...)"
+            shown = formatter._expand_help(action)
             assert "(default" in shown, (name, action.dest, shown)
             assert shown.count("(default") == 1, (name, action.dest, shown)
 
