@@ -248,7 +248,8 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
       cache: cache folder (default :func:`annealvi_lib.paths.cache_dir`).
       master_seed: default ``cfg.seed``.
       progress: show a tqdm bar (default: only when attached to a terminal or a notebook).
-      chunk: runs per compiled call (default 64 for ``fast``, 16 for ``exact``; measured fastest).
+      chunk: runs per compiled call (default 64 for ``fast``, 1 for ``exact``, which is
+        memory-bound: measured fastest).
       cells: explicit ``(beta_i, t0)`` cells to run instead of the product grid of ``cfg``
         (e.g. a few scattered validation cells; the cache is shared with the product grid).
       workers: local worker processes (each pinned to one core, single-threaded XLA, running
@@ -293,7 +294,7 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
     bar = _progress_bar(study, cfg, todo, progress)
     try:
         if study == "gmm":
-            chunk = chunk or (64 if sampler == "fast" else 16)
+            chunk = chunk or (64 if sampler == "fast" else 1)
             for t0 in sorted({t for _, t in todo}):
                 group = [c for c in todo if c[1] == t0]
                 out = run_gmm_group(cfg, group, master_seed, sampler, chunk,
@@ -334,7 +335,8 @@ def _worker_main(study, cfg, sampler, cells, root, master_seed, chunk, core):
     for t0 in sorted({t for _, t in cells}):
         group = [c for c in cells if c[1] == t0]
         if study == "gmm":
-            out = run_gmm_group(cfg, group, master_seed, sampler, chunk or (64 if sampler == "fast" else 16))
+            out = run_gmm_group(cfg, group, master_seed, sampler,
+                                chunk or (64 if sampler == "fast" else 1))
         else:
             from .realnvp import run_realnvp_cell
 
