@@ -261,3 +261,43 @@ def fig_rate(preset: Preset):
 def fig_batch(preset: Preset):
     G = preset.gmm_grid
     return plot_batch_sensitivity(sensitivity_rows(G, default_workers(preset.name)), G.n_iter_extra)
+
+
+def benchmark_summary() -> dict | None:
+    """Sampler throughput from ``benchmarks/bench_gmm.py``'s JSON: ``results/`` (fresh, this
+    machine) if present, else the reference measurements in ``benchmarks/reference/``.
+
+    Returns ``None`` if neither exists, else a dict with seed-steps per second of the reduced
+    sampler (grid entry point), the exact sampler (one seed per scan and 8 vmapped seeds, B = 1024
+    and 8192) and the plain per-seed loop, plus the source file.
+    """
+    import json
+
+    from .paths import cache_dir, repo_root
+
+    for path in (cache_dir() / "bench_gmm.json",
+                 repo_root() / "benchmarks" / "reference" / "bench_gmm.json"):
+        if path.exists():
+            rows = json.loads(path.read_text())["rows"]
+            break
+    else:
+        return None
+
+    def rate(sampler, mode, batch, n_seeds=None):
+        for r in rows:
+            if (r["sampler"], r["mode"], r["batch"]) == (sampler, mode, batch) and (
+                    n_seeds is None or r["n_seeds"] == n_seeds) and r.get("key_impl",
+                                                                           "threefry2x32") == "threefry2x32":
+                return float(r["seed_steps_per_s"])
+        return float("nan")
+
+    out = {"source": str(path.relative_to(repo_root())) if path.is_relative_to(repo_root())
+           else str(path),
+           "reduced_1024": rate("reduced_betas", "vmap", 1024),
+           "reduced_8192": rate("reduced", "vmap", 8192),
+           "exact_1024_s1": rate("exact", "vmap", 1024, 1),
+           "exact_1024_s8": rate("exact", "vmap", 1024, 8),
+           "exact_8192_s1": rate("exact", "vmap", 8192, 1),
+           "loop_1024": rate("exact", "python_loop", 1024),
+           "loop_8192": rate("exact", "python_loop", 8192)}
+    return out

@@ -454,3 +454,23 @@ def fig_rate(preset: Preset):
 def fig_flow_vs_gmm(preset: Preset):
     cfg = preset.realnvp_grid
     return plot_flow_vs_gmm(flow_grid(cfg), gmm_comparison(cfg)[0])
+
+
+def benchmark_rows() -> tuple[list[dict], str] | None:
+    """RealNVP training throughput rows from ``benchmarks/bench_realnvp.py``'s JSON:
+    ``<cache>/bench_realnvp.json`` (fresh, this machine) if present, else the reference
+    measurements in ``benchmarks/reference/``. Returns ``(rows, source)`` or ``None``."""
+    import json
+
+    from .paths import cache_dir, repo_root
+
+    for path in (cache_dir() / "bench_realnvp.json",
+                 repo_root() / "benchmarks" / "reference" / "bench_realnvp.json"):
+        if path.exists():
+            rows = json.loads(path.read_text())["rows"]
+            try:
+                source = str(path.relative_to(repo_root()))
+            except ValueError:
+                source = str(path)
+            return rows, source
+    return None
