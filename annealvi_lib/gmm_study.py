@@ -271,17 +271,12 @@ def benchmark_summary() -> dict | None:
     sampler (grid entry point), the exact sampler (one seed per scan and 8 vmapped seeds, B = 1024
     and 8192) and the plain per-seed loop, plus the source file.
     """
-    import json
+    from .paths import load_benchmark
 
-    from .paths import cache_dir, repo_root
-
-    for path in (cache_dir() / "bench_gmm.json",
-                 repo_root() / "benchmarks" / "reference" / "bench_gmm.json"):
-        if path.exists():
-            rows = json.loads(path.read_text())["rows"]
-            break
-    else:
+    loaded = load_benchmark("bench_gmm")
+    if loaded is None:
         return None
+    rows, source = loaded[0]["rows"], loaded[1]
 
     def rate(sampler, mode, batch, n_seeds=None):
         for r in rows:
@@ -291,8 +286,7 @@ def benchmark_summary() -> dict | None:
                 return float(r["seed_steps_per_s"])
         return float("nan")
 
-    out = {"source": str(path.relative_to(repo_root())) if path.is_relative_to(repo_root())
-           else str(path),
+    out = {"source": source,
            "reduced_1024": rate("reduced_betas", "vmap", 1024),
            "reduced_8192": rate("reduced", "vmap", 8192),
            "exact_1024_s1": rate("exact", "vmap", 1024, 1),

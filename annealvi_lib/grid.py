@@ -42,7 +42,7 @@ from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
 from .schedules import exp_schedule
 from .seeding import cell_id, run_keys
-from .stats import wilson_interval
+from .metrics import wilson_interval
 from .student import Hyper, classify_collapse
 
 __all__ = [

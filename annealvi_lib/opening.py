@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from scipy.stats import norm
 
 from . import __version__
-from .cache import save_npz_atomic, source_hash
+from .cache import load_npz, save_npz_atomic, source_hash
 from .config import DemoConfig
 from .schedules import SCHEDULES, Schedule
 from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
@@ -118,11 +118,10 @@ def _save_runs(path: Path, runs: dict[str, OpeningRun]) -> None:
 
 def _load_runs(path: Path, cfg: DemoConfig, n_seeds: int) -> dict[str, OpeningRun] | None:
     """Load cached runs; ``None`` if missing, unreadable or of the wrong shape (then redone)."""
-    if not path.exists():
+    data = load_npz(path)
+    if data is None:
         return None
     try:
-        with np.load(path) as z:
-            data = {k: np.asarray(z[k]) for k in z.files}
         meta = _arm_specs(cfg)
         runs = {}
         for name in ARMS:

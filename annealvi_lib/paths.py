@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "cache_dir", "figures_dir"]
+__all__ = ["repo_root", "cache_dir", "figures_dir", "load_benchmark"]
 
 
 def repo_root() -> Path:
@@ -32,3 +32,25 @@ def figures_dir(override: str | os.PathLike | None = None) -> Path:
     path = Path(override or os.environ.get("ANNEALVI_FIGURES") or repo_root() / "figures")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def load_benchmark(name: str) -> tuple[dict, str] | None:
+    """A benchmark's JSON (``name`` e.g. ``"bench_gmm"``): ``<cache>/<name>.json`` (fresh, this
+    machine, written by ``make bench``) if present, else the reference measurements committed in
+    ``benchmarks/reference/``; an unreadable file is skipped. Returns ``(data, source path relative
+    to the repo)`` or ``None``."""
+    import json
+
+    for path in (cache_dir() / f"{name}.json",
+                 repo_root() / "benchmarks" / "reference" / f"{name}.json"):
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):   # unreadable: fall back to the next candidate
+                continue
+            try:
+                source = str(path.relative_to(repo_root()))
+            except ValueError:
+                source = str(path)
+            return data, source
+    return None

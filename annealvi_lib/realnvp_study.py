@@ -457,20 +457,9 @@ def fig_flow_vs_gmm(preset: Preset):
 
 
 def benchmark_rows() -> tuple[list[dict], str] | None:
-    """RealNVP training throughput rows from ``benchmarks/bench_realnvp.py``'s JSON:
-    ``<cache>/bench_realnvp.json`` (fresh, this machine) if present, else the reference
-    measurements in ``benchmarks/reference/``. Returns ``(rows, source)`` or ``None``."""
-    import json
+    """RealNVP training throughput rows from ``benchmarks/bench_realnvp.py``'s JSON (see
+    :func:`annealvi_lib.paths.load_benchmark`). Returns ``(rows, source)`` or ``None``."""
+    from .paths import load_benchmark
 
-    from .paths import cache_dir, repo_root
-
-    for path in (cache_dir() / "bench_realnvp.json",
-                 repo_root() / "benchmarks" / "reference" / "bench_realnvp.json"):
-        if path.exists():
-            rows = json.loads(path.read_text())["rows"]
-            try:
-                source = str(path.relative_to(repo_root()))
-            except ValueError:
-                source = str(path)
-            return rows, source
-    return None
+    loaded = load_benchmark("bench_realnvp")
+    return None if loaded is None else (loaded[0]["rows"], loaded[1])
