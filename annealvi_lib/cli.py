@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _grid_config(args):
+    """The preset's grid configuration with the command-line options applied; every option is
+    checked here, with its command-line name, before any computation."""
+    from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_int_at_least, check_int_range)
+
     preset = get_preset(args.preset)
     cfg = preset.gmm_grid if args.study == "gmm" else preset.realnvp_grid
     changes = {}
@@ -117,33 +121,48 @@ def _grid_config(args):
             changes["include_beta_one"] = any(b == 1 for b in args.beta_i)
     if args.t0 is not None:
         for t in args.t0:
-            if not (math.isfinite(t) and t > 0):
-                raise ValueError(f"--t0 values must be > 0, got {t!r}")
+            if not (math.isfinite(t) and 0 < t <= MAX_STEPS):
+                raise ValueError(f"--t0 values must be in (0, {MAX_STEPS}] steps, got {t!r}")
+            if args.study == "realnvp" and not float(t).is_integer():
+                raise ValueError(f"--t0 values must be whole numbers of steps for realnvp, "
+                                 f"got {t!r}")
         changes["t0s"] = tuple(args.t0)
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise ValueError(f"--seeds must be an integer >= 1, got {args.seeds}")
-        changes["n_seeds"] = args.seeds
+        changes["n_seeds"] = check_int_range("--seeds", args.seeds, 1, MAX_SEEDS)
     if args.n_iter_extra is not None:
-        if args.n_iter_extra < 0:
-            raise ValueError(f"--n-iter-extra must be an integer >= 0, got {args.n_iter_extra}")
-        changes["n_iter_extra"] = args.n_iter_extra
+        changes["n_iter_extra"] = check_int_range("--n-iter-extra", args.n_iter_extra, 0,
+                                                  MAX_STEPS)
     if args.seed is not None:
-        if args.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
-        changes["seed"] = args.seed
+        changes["seed"] = check_int_range("--seed", args.seed, 0, MAX_SEED)
     if args.batch is not None:
-        if args.batch < 1:
-            raise ValueError(f"--batch must be an integer >= 1, got {args.batch}")
+        batch = check_int_range("--batch", args.batch, 1, 10**6)
         if args.study == "gmm":
-            changes["problem"] = dataclasses.replace(cfg.problem, batch=args.batch)
+            changes["problem"] = dataclasses.replace(cfg.problem, batch=batch)
         else:
-            changes["batch"] = args.batch
+            changes["batch"] = batch
     if args.sampler is not None:
         if args.study != "gmm":
             raise ValueError("--sampler applies to the gmm study only")
         changes["sampler"] = args.sampler
+    longest = max(changes.get("t0s", cfg.t0s))
+    extra = changes.get("n_iter_extra", cfg.n_iter_extra)
+    if int(round(longest)) + extra > MAX_STEPS:
+        raise ValueError(f"--t0 + --n-iter-extra must be at most {MAX_STEPS} steps, got "
+                         f"{longest:g} + {extra}")
+    check_int_at_least("--workers", args.workers, 1)
     return dataclasses.replace(cfg, **changes)
+
+
+def _check_out_dir(option: str, path: str) -> Path:
+    """A folder that exists or can be created: not a file, not under a file."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = "is a file" if q == p else f"lies under the file {q}"
+                raise ValueError(f"{option}: {p} {where}; give a folder")
+            break
+    return p
 
 
 def _cmd_grid(args) -> int:
@@ -157,12 +176,20 @@ def _cmd_grid(args) -> int:
     except ValueError as exc:
         raise ValueError(f"--shard: {exc}") from None
     cfg = _grid_config(args)
-    cache = cache_dir(args.cache_dir)
+    out = _check_out_dir("--out", args.out)
+    cache = _check_out_dir("--cache-dir" if args.cache_dir else "$ANNEALVI_CACHE",
+                           cache_dir(args.cache_dir, create=False))
     print(f"[annealvi] {args.study} grid, preset {args.preset}, {len(cfg.beta_is)} x "
           f"{len(cfg.t0s)} cells x {cfg.n_seeds} seeds; cache: {cache}", file=sys.stderr)
     result = run_grid(args.study, cfg, shard=shard, cache=cache, workers=args.workers,
                       progress=False if args.no_progress else None)
-    grid_csv, runs_csv = write_grid_csv(result, args.out, args.study)
+    grid_csv, runs_csv = write_grid_csv(result, out, args.study)
+    n_failed = sum(r["n_failed"] for r in result.summary)
+    if n_failed:
+        cells = sum(1 for r in result.summary if r["n_failed"])
+        print(f"[annealvi] warning: {n_failed} run(s) in {cells} cell(s) diverged (non-finite or "
+              "out-of-range statistics); they are counted in n_failed and left out of "
+              "p_collapse", file=sys.stderr)
     print(f"[annealvi] wrote {grid_csv} and {runs_csv}", file=sys.stderr)
     return 0
 
@@ -173,7 +200,13 @@ def _cmd_merge(args) -> int:
     for p in args.inputs:
         if not Path(p).exists():
             raise ValueError(f"inputs: no such file {p}")
-    out = merge_grid_csvs(args.inputs, args.out)
+        if not Path(p).is_file():
+            raise ValueError(f"inputs: {p} is not a file")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory; give a file name")
+    _check_out_dir("--out", str(out.parent))
+    out = merge_grid_csvs(args.inputs, out)
     print(f"[annealvi] wrote {out}", file=sys.stderr)
     return 0
 
@@ -192,6 +225,9 @@ def _cmd_figures(args) -> int:
         return 0
     specs = figures.select(args.names)   # validates every name before any computation
     preset = get_preset(args.preset)
+    _check_out_dir("--out" if args.out else "$ANNEALVI_FIGURES", figures_dir(args.out, create=False))
+    if args.cache_dir is not None:
+        _check_out_dir("--cache-dir", args.cache_dir)
     # figure functions read the cache through paths.cache_dir(); the flag overrides it for this
     # process only
     if args.cache_dir is not None:
@@ -216,9 +252,17 @@ def main(argv=None) -> int:
     handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures}[args.command]
     try:
         return handler(args)
-    except ValueError as exc:
+    except ValueError as exc:          # a user error: bad option or input file
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:             # an I/O fault: unwritable cache or output folder, ...
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
+        print(f"{parser.prog} {args.command}: error: {what}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted (cached cells are kept; rerun to "
+              "resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

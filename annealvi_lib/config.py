@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from ._validate import (check_beta, check_choice, check_int_at_least, check_open_unit,
-                        check_positive)
+from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_beta, check_bool, check_choice,
+                        check_finite, check_int_at_least, check_int_range, check_open_unit,
+                        check_positive, check_sequence)
 
 __all__ = [
     "PRESET_NAMES",
@@ -46,11 +47,58 @@ class Problem:
     batch: int = 1024
 
     def __post_init__(self):
-        object.__setattr__(self, "d", check_int_at_least("d", self.d, 2))
-        object.__setattr__(self, "R", check_positive("R", self.R))
-        object.__setattr__(self, "w_star", check_open_unit("w_star", self.w_star))
-        object.__setattr__(self, "lr", check_positive("lr", self.lr))
-        object.__setattr__(self, "batch", check_int_at_least("batch", self.batch, 1))
+        _normalise(self, d=lambda n, v: check_int_at_least(n, v, 2), R=check_positive,
+                   w_star=check_open_unit, lr=check_positive,
+                   batch=lambda n, v: check_int_at_least(n, v, 1))
+
+
+def _normalise(obj, **checks) -> None:
+    """Validate and normalise fields of a frozen dataclass in place: ``field=check`` where
+    ``check(name, value)`` returns the normalised value or raises ``ValueError``."""
+    for name, check in checks.items():
+        object.__setattr__(obj, name, check(name, getattr(obj, name)))
+
+
+def _int_at_least(minimum):
+    return lambda name, v: check_int_at_least(name, v, minimum)
+
+
+def _int_range(minimum, maximum):
+    return lambda name, v: check_int_range(name, v, minimum, maximum)
+
+
+def _seq(item_check, min_len=1):
+    return lambda name, v: check_sequence(name, v, item_check, min_len=min_len)
+
+
+def _t0(name, v):
+    """An annealing time in steps: > 0 and at most MAX_STEPS."""
+    t = check_positive(name, v)
+    if t > MAX_STEPS:
+        raise ValueError(f"{name} must be in (0, {MAX_STEPS}] steps, got {v!r}")
+    return t
+
+
+def _log10(name, v):
+    """A finite base-10 exponent of a grid axis (|k| <= 30)."""
+    k = check_finite(name, v)
+    if abs(k) > 30:
+        raise ValueError(f"{name} must be a base-10 exponent in [-30, 30], got {v!r}")
+    return k
+
+
+def _cell(name, v):
+    """A side-study cell ``(log10(beta_i R^2), t0)``."""
+    pair = check_sequence(name, v)
+    if len(pair) != 2:
+        raise ValueError(f"{name} entries must be pairs (log10(beta_i R^2), t0), got {v!r}")
+    return (_log10(name, pair[0]), _t0(name, pair[1]))
+
+
+_SEED = _int_range(0, MAX_SEED)
+_N_SEEDS = _int_range(1, MAX_SEEDS)
+_STEPS = _int_range(1, MAX_STEPS)
+_EXTRA = _int_range(0, MAX_STEPS)
 
 
 def _check_betas(name, values):
@@ -60,9 +108,13 @@ def _check_betas(name, values):
 
 
 def _check_t0s(name, values):
-    for v in values:
-        check_positive(name, v)
-    return tuple(float(v) for v in values)
+    return check_sequence(name, values, _t0)
+
+
+def _round12(x: float) -> float:
+    """``x`` rounded to 12 significant digits, so that ``10**log10(b)`` gives back ``b`` (the
+    value a user asked for, e.g. 0.01 rather than 0.009999999999999998)."""
+    return float(f"{x:.12g}")
 
 
 @dataclass(frozen=True)
@@ -78,11 +130,12 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_int_at_least("n_iter_vanilla", self.n_iter_vanilla, 1)
-        check_int_at_least("n_iter_annealed", self.n_iter_annealed, 1)
-        check_positive("t0", self.t0)
-        check_positive("beta_i_factor", self.beta_i_factor)
-        check_positive("covering_var_factor", self.covering_var_factor)
+        _check_problem(self)
+        _normalise(self, n_iter_vanilla=_STEPS, n_iter_annealed=_STEPS, t0=_t0,
+                   beta_i_factor=check_positive, covering_var_factor=check_positive, seed=_SEED)
+        if self.beta_i_factor * self.problem.R**2 < 1:
+            raise ValueError(f"beta_i_factor must be >= 1/R^2 = {1 / self.problem.R**2:.4g} "
+                             f"(beta_i in (0, 1]), got {self.beta_i_factor!r}")
 
     @property
     def beta_i(self) -> float:
@@ -114,20 +167,12 @@ class OdeCheckConfig:
     lag_batch: int = 1024
 
     def __post_init__(self):
-        check_int_at_least("n_iter", self.n_iter, 1)
-        check_int_at_least("n_seeds", self.n_seeds, 1)
-        check_positive("scan_t0", self.scan_t0)
-        check_int_at_least("scan_n_iter", self.scan_n_iter, 1)
-        check_int_at_least("scan_batch", self.scan_batch, 1)
-        check_int_at_least("scan_d", self.scan_d, 3)
-        check_beta("lag_beta_i", self.lag_beta_i)
-        _check_t0s("lag_t0s", self.lag_t0s)
-        check_int_at_least("lag_d", self.lag_d, 3)
-        check_int_at_least("lag_batch", self.lag_batch, 1)
-        for v in self.dims:
-            check_int_at_least("dims", v, 2)
-        for v in self.batches:
-            check_int_at_least("batches", v, 1)
+        _check_problem(self)
+        _normalise(self, beta_i_factor=check_positive, t0=_t0, n_iter=_STEPS, n_seeds=_N_SEEDS,
+                   seed=_SEED, scan_t0=_t0, scan_n_iter=_STEPS, scan_batch=_int_at_least(1),
+                   scan_d=_int_at_least(3), lag_beta_i=check_beta, lag_t0s=_seq(_t0),
+                   lag_d=_int_at_least(3), lag_batch=_int_at_least(1),
+                   dims=_seq(_int_at_least(2)), batches=_seq(_int_at_least(1)))
 
 
 @dataclass(frozen=True)
@@ -160,27 +205,23 @@ class GMMGridConfig:
     guidance_seeds: int = 400
 
     def __post_init__(self):
-        object.__setattr__(self, "t0s", _check_t0s("t0s", self.t0s))
-        check_int_at_least("n_seeds", self.n_seeds, 1)
-        check_int_at_least("n_iter_extra", self.n_iter_extra, 0)
-        check_choice("sampler", self.sampler, ("exact", "fast"))
+        _check_problem(self)
+        _normalise(self, log10_beta_r2=_seq(_log10), t0s=_seq(_t0), n_seeds=_N_SEEDS,
+                   n_iter_extra=_EXTRA, sampler=lambda n, v: check_choice(n, v, ("exact", "fast")),
+                   seed=_SEED, validation_cells=_seq(_cell), validation_seeds=_N_SEEDS,
+                   sensitivity_cells=_seq(_cell), sensitivity_batches=_seq(_int_at_least(1)),
+                   sensitivity_extras=_seq(_EXTRA), sensitivity_seeds=_N_SEEDS,
+                   ode_samples=_int_range(1, 10**7), guidance_p=check_open_unit,
+                   guidance_seeds=_N_SEEDS)
         _check_betas("beta_i", self.beta_is)
-        for k, t0 in tuple(self.validation_cells) + tuple(self.sensitivity_cells):
+        for k, t0 in self.validation_cells + self.sensitivity_cells:
             check_beta("beta_i", 10.0**k / self.problem.R**2)
-            check_positive("t0", t0)
-        for v in self.sensitivity_batches:
-            check_int_at_least("sensitivity_batches", v, 1)
-        for v in self.sensitivity_extras:
-            check_int_at_least("sensitivity_extras", v, 0)
-        check_int_at_least("validation_seeds", self.validation_seeds, 1)
-        check_int_at_least("sensitivity_seeds", self.sensitivity_seeds, 1)
-        check_int_at_least("ode_samples", self.ode_samples, 1)
-        check_open_unit("guidance_p", self.guidance_p)
-        check_int_at_least("guidance_seeds", self.guidance_seeds, 1)
+        for t0 in self.t0s:
+            _check_run_length(t0, self.n_iter_extra)
 
     @property
     def beta_is(self) -> tuple:
-        return tuple(10.0**k / self.problem.R**2 for k in self.log10_beta_r2)
+        return tuple(_round12(10.0**k / self.problem.R**2) for k in self.log10_beta_r2)
 
 
 @dataclass(frozen=True)
@@ -207,31 +248,49 @@ class RealNVPGridConfig:
     seed_chunk: int = 32           # replicates per vmapped batch (0: all at once); bounds memory
 
     def __post_init__(self):
-        check_int_at_least("d", self.d, 2)
-        check_choice("norm", self.norm, ("beta", "batch", "none"))
-        check_int_at_least("n_eval", self.n_eval, 2)
-        check_int_at_least("seed_chunk", self.seed_chunk, 0)
-        if not self.out_init_scale >= 0:
-            raise ValueError(f"out_init_scale must be >= 0, got {self.out_init_scale!r}")
-        check_positive("R", self.R)
-        check_open_unit("w_star", self.w_star)
-        check_int_at_least("n_layers", self.n_layers, 1)
-        check_int_at_least("width", self.width, 1)
-        check_int_at_least("depth", self.depth, 1)
-        check_int_at_least("batch", self.batch, 1)
-        check_positive("lr", self.lr)
-        object.__setattr__(self, "t0s", _check_t0s("t0s", self.t0s))
-        check_int_at_least("n_seeds", self.n_seeds, 1)
-        check_int_at_least("n_iter_extra", self.n_iter_extra, 0)
+        _normalise(self, d=_int_at_least(2), R=check_positive, w_star=check_open_unit,
+                   n_layers=_int_at_least(1), width=_int_at_least(1), depth=_int_at_least(1),
+                   batch=_int_at_least(1), lr=check_positive,
+                   log10_beta_9=_seq(_log10, min_len=0), include_beta_one=check_bool,
+                   t0s=_seq(_t0), n_seeds=_N_SEEDS, n_iter_extra=_EXTRA, seed=_SEED,
+                   norm=lambda n, v: check_choice(n, v, ("beta", "batch", "none")),
+                   out_init_scale=_nonnegative, n_eval=_int_at_least(2),
+                   seed_chunk=_int_at_least(0))
+        if not self.beta_is:
+            raise ValueError("log10_beta_9 must give at least one beta_i <= 1 (or set "
+                             "include_beta_one=True)")
         _check_betas("beta_i", self.beta_is)
+        for t0 in self.t0s:
+            if not t0.is_integer():
+                raise ValueError(f"t0s must be whole numbers of steps, got {t0!r}")
+            _check_run_length(t0, self.n_iter_extra)
 
     @property
     def beta_is(self) -> tuple:
-        b = [10.0**k / 9.0 for k in self.log10_beta_9]
+        b = [_round12(10.0**k / 9.0) for k in self.log10_beta_9]
         b = [v for v in b if v <= 1.0]
         if self.include_beta_one:
             b.append(1.0)
         return tuple(b)
+
+
+def _nonnegative(name, v):
+    x = check_finite(name, v)
+    if x < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return x
+
+
+def _check_problem(cfg) -> None:
+    if not isinstance(cfg.problem, Problem):
+        raise ValueError(f"problem must be an annealvi_lib.config.Problem, got {cfg.problem!r}")
+
+
+def _check_run_length(t0: float, extra: int) -> None:
+    """A run has ``round(t0) + extra`` steps: at most MAX_STEPS."""
+    if int(round(t0)) + extra > MAX_STEPS:
+        raise ValueError(f"t0 + n_iter_extra must be at most {MAX_STEPS} steps, got "
+                         f"{t0:g} + {extra}")
 
 
 @dataclass(frozen=True)

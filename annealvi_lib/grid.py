@@ -5,17 +5,35 @@ A *grid* is the product of initial inverse temperatures ``beta_i`` and annealing
 cell. Each run's key is derived from (master seed, study, beta_i, t0, replicate)
 (:mod:`annealvi_lib.seeding`), so results never depend on chunking, sharding or ordering.
 
+Bit-identical by construction: every run goes through one compiled program of a fixed shape,
+whatever the chunking, sharding or worker count. A cell's replicates are split into blocks of
+:func:`lanes` runs (a function of the number of seeds and the sampler only), the last block padded
+by repeating its last replicate, and every block holds replicates of one cell only; so the inputs
+of every compiled call are a function of (cell, block) alone and the per-run numbers cannot
+depend on how cells are grouped into shards or workers. Worker processes run the same program as
+the parent (same flags except the thread count; XLA's CPU threads split independent output
+elements, not reductions, and the tests compare the two paths bit for bit).
+
 Caching: every cell is stored as ``<cache>/<study>/<config-hash>/cell_<id>.npz``, written
-atomically (temporary file + rename). The hash covers the study, the full configuration, the
+atomically (temporary file + rename), together with its identity (study, configuration id,
+beta_i, t0, seeds); a file whose identity differs (e.g. copied over another cell's name) is
+treated as corrupt and recomputed. The hash covers the study, the full configuration, the
 sampler and the library version, so a changed setting never reuses stale results; a cell file
 that cannot be read or has the wrong content is recomputed. An interrupted run resumes from the
 cells already on disk. ``shard=(k, n)`` runs the cells ``i`` with ``i % n == k``; shards share
 the cache, and their CSVs merge (:func:`merge_grid_csvs`) to the unsharded result.
 
 Outputs (:func:`write_grid_csv`): ``<study>_grid.csv`` with columns
-``beta_i,t0,n_runs,n_collapsed,n_failed,p_collapse,ci_low,ci_high`` (Wilson 95% on the runs that
-did not fail; ``p_collapse = n_collapsed / (n_runs - n_failed)``) and ``<study>_runs.csv`` with the
-final statistics of every run.
+``beta_i,t0,n_runs,n_collapsed,n_failed,p_collapse,ci_low,ci_high,study,grid_id`` (Wilson 95% on
+the runs that did not fail; ``p_collapse = n_collapsed / (n_runs - n_failed)``) and
+``<study>_runs.csv`` with the final statistics of every run. ``grid_id`` identifies the
+configuration (hash, master seed, seeds per cell): :func:`merge_grid_csvs` refuses to combine
+files of different studies or configurations.
+
+Diverged runs: a run whose final statistics are non-finite or leave any physically possible
+range is counted as *failed* (``n_failed``), never as collapsed or not: GMM variances outside
+``[VAR_MIN, variance_limit(beta_i, R)]`` (:func:`annealvi_lib.student.variance_limit`), RealNVP
+spreads or KLs far beyond the target's (:func:`annealvi_lib.metrics.run_summary`).
 """
 
 from __future__ import annotations
@@ -37,19 +55,24 @@ import numpy as np
 from . import __version__
 from ._rng import fast_threefry
 from .cache import load_npz, save_npz_atomic, source_hash
-from ._validate import check_choice, check_int_at_least
+from ._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
+                        check_shard)
 from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
 from .schedules import exp_schedule
-from .seeding import cell_id, run_keys
+from .seeding import cell_id, lanes, run_keys
 from .metrics import wilson_interval
-from .student import Hyper, classify_collapse
+from .student import Hyper, classify_collapse, variance_limit
 
 __all__ = [
     "STUDIES",
     "GRID_COLUMNS",
     "GridResult",
+    "CacheError",
     "parse_shard",
+    "lanes",
+    "grid_id",
+    "check_cells",
     "grid_cells",
     "config_hash",
     "run_gmm_group",
@@ -63,7 +86,15 @@ __all__ = [
 STUDIES = ("gmm", "realnvp")
 GRID_COLUMNS = ("beta_i", "t0", "n_runs", "n_collapsed", "n_failed", "p_collapse", "ci_low",
                 "ci_high")
-GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2")
+#: Columns identifying the experiment, appended to both CSVs (checked by the merge).
+ID_COLUMNS = ("study", "grid_id")
+#: Most runs of one compiled call per sampler (exact: memory-bound, fastest one at a time).
+MAX_LANES = {"fast": 64, "exact": 1}
+
+
+class CacheError(OSError):
+    """The results cache cannot be written (read-only, a file in the way, ...)."""
+GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")
 
 
 class GridResult(NamedTuple):
@@ -85,6 +116,22 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= k < n:
         raise ValueError(f"shard must look like k/n with integers 0 <= k < n, got {text!r}")
     return k, n
+
+
+def check_cells(cells) -> list[tuple[float, float]]:
+    """Validate explicit ``(beta_i, t0)`` cells: beta_i in (0, 1], t0 > 0 (at most MAX_STEPS)."""
+    from .config import _t0
+
+    out = []
+    for c in cells:
+        try:
+            b, t = c
+        except (TypeError, ValueError):
+            raise ValueError(f"cells must be (beta_i, t0) pairs, got {c!r}") from None
+        out.append((check_beta("beta_i", b), _t0("t0", t)))
+    if not out:
+        raise ValueError("cells must hold at least one (beta_i, t0) pair")
+    return out
 
 
 def grid_cells(cfg) -> list[tuple[float, float]]:
@@ -111,6 +158,12 @@ _SOURCES = {"gmm": ("student.py", "reduced.py", "targets.py", "schedules.py", "s
             "realnvp": ("realnvp.py", "metrics.py", "targets.py", "schedules.py", "seeding.py")}
 
 
+def grid_id(study: str, cfg, master_seed: int, **extra) -> str:
+    """Identifier of a grid's results: configuration hash, master seed and seeds per cell (also
+    the name of its cache folder)."""
+    return config_hash(study, cfg, **extra) + f"_seed{master_seed}_n{cfg.n_seeds}"
+
+
 def _source_hash(study: str) -> str:
     """Hash of the library modules a study's runs depend on, so that a code change (even
     without a version bump) never reuses stale cached results."""
@@ -133,15 +186,18 @@ def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler
         k_init, k_noise = jax.random.split(key)
         schedule = partial(exp_schedule, beta_i=beta_i, t0=t0)
         var0 = 1.0 / beta_i
+        betas = schedule(jnp.arange(n_iter + 1))
         if sampler == "fast":
             state0 = reduced.init_reduced(k_init, target, var0)
-            final, _ = reduced._simulate_reduced(k_noise, state0, target, schedule, n_iter,
-                                                 hyper, False)
-            return final.m[..., 0], final.m[..., 1], final.s, final.var[..., 0], final.var[..., 1]
-        state0 = student.init_student(k_init, target_d, R, var0)
-        final, _ = student._simulate(k_noise, state0, target, schedule, n_iter, hyper, False)
-        m1, m2, s = student.summary_stats(final, target)
-        return m1, m2, s, final.var[0], final.var[1]
+            final, lo, hi = student.run_with_range(reduced.reduced_step, k_noise, state0, target,
+                                                   betas, hyper)
+            m1, m2, s = final.m[..., 0], final.m[..., 1], final.s
+        else:
+            state0 = student.init_student(k_init, target_d, R, var0)
+            final, lo, hi = student.run_with_range(student.jko_step, k_noise, state0, target,
+                                                   betas, hyper)
+            m1, m2, s = student.summary_stats(final, target)
+        return m1, m2, s, final.var[0], final.var[1], lo, hi
 
     return jax.vmap(one)(keys, beta_is, t0s)
 
@@ -151,11 +207,12 @@ _gmm_runs_jit = jax.jit(_gmm_runs, static_argnames=("target_d", "R", "w_star", "
 
 
 def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], master_seed: int,
-                  sampler: str, chunk: int, on_chunk: Callable[[int], None] | None = None):
+                  sampler: str, on_block: Callable[[int], None] | None = None):
     """Run all replicates of several cells sharing one ``t0`` (hence one ``n_iter``).
 
-    Runs are processed in fixed-size chunks (the last one padded) so that one compiled function
-    serves every chunk. Returns ``{cell: dict of per-run arrays}``.
+    Each cell's replicates are split into blocks of :func:`lanes` runs (the last one padded by
+    repeating its last replicate); every block is one call of the same compiled function, whose
+    inputs depend on (cell, block) only. Returns ``{cell: dict of per-run arrays}``.
     """
     t0_values = {t0 for _, t0 in cells}
     if len(t0_values) != 1:
@@ -164,30 +221,27 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
     n_iter = int(round(t0)) + cfg.n_iter_extra
     p = cfg.problem
     hyper = Hyper(lr=p.lr, batch=p.batch)
-    reps = np.arange(cfg.n_seeds)
-    keys = jnp.concatenate([run_keys(master_seed, ("gmm", b, t), reps) for b, t in cells])
-    betas = np.repeat([b for b, _ in cells], cfg.n_seeds).astype(np.float32)
-    t0s = np.full(betas.shape, t0, dtype=np.float32)
-    n = betas.size
-    chunk = max(1, min(chunk, n))
-    outs = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        idx = np.arange(start, start + chunk).clip(max=n - 1)   # pad with the last run
-        with fast_threefry():
-            res = _gmm_runs_jit(keys[idx], jnp.asarray(betas[idx]), jnp.asarray(t0s[idx]),
-                                target_d=p.d, R=p.R, w_star=p.w_star, n_iter=n_iter, hyper=hyper,
-                                sampler=sampler)
-        outs.append(np.stack([np.asarray(a) for a in res], axis=-1)[: stop - start])
-        if on_chunk is not None:
-            on_chunk((stop - start) * n_iter)
-    stats = np.concatenate(outs).reshape(len(cells), cfg.n_seeds, 5)
+    n = cfg.n_seeds
+    width = lanes(n, MAX_LANES[sampler])
     result = {}
-    for i, cell in enumerate(cells):
-        m1, m2, s, v1, v2 = (stats[i, :, j] for j in range(5))
-        collapsed, failed = (np.asarray(a) for a in classify_collapse(s))
-        result[cell] = {"collapsed": collapsed, "failed": failed, "m1": m1, "m2": m2, "s": s,
-                        "var1": v1, "var2": v2}
+    for beta_i, _ in cells:
+        keys = run_keys(master_seed, ("gmm", beta_i, t0), np.arange(n))
+        outs = []
+        for start in range(0, n, width):
+            idx = np.arange(start, start + width).clip(max=n - 1)   # pad with the last run
+            with fast_threefry():
+                res = _gmm_runs_jit(keys[idx], jnp.full(width, beta_i, jnp.float32),
+                                    jnp.full(width, t0, jnp.float32), target_d=p.d, R=p.R,
+                                    w_star=p.w_star, n_iter=n_iter, hyper=hyper, sampler=sampler)
+            outs.append(np.stack([np.asarray(a) for a in res], axis=-1)[: min(width, n - start)])
+            if on_block is not None:
+                on_block(min(width, n - start) * n_iter)
+        m1, m2, s, v1, v2, lo, hi = np.concatenate(outs).T
+        # diverged: a variance left the physical range at any step (see variance_limit)
+        collapsed, failed = (np.asarray(a) for a in classify_collapse(
+            s, lo, hi, var_max=variance_limit(beta_i, p.R)))
+        result[(beta_i, t0)] = {"collapsed": collapsed, "failed": failed, "m1": m1, "m2": m2,
+                                "s": s, "var1": v1, "var2": v2, "var_min": lo, "var_max": hi}
     return result
 
 
@@ -195,23 +249,55 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
 # cache
 # --------------------------------------------------------------------------------------------
 
+_ID_KEYS = ("_study", "_grid_id", "_beta_i", "_t0", "_n_seeds")
+
+
 def _cell_path(root: Path, cell) -> Path:
     return root / f"cell_{cell_id(*cell):010d}.npz"
 
 
-def _load_cell(path: Path, n_seeds: int, fields: Iterable[str]):
-    """Load a cached cell; ``None`` if missing, unreadable or inconsistent (then it is redone)."""
+def _cell_identity(study: str, root: Path, cell, n_seeds: int) -> dict:
+    """What a cell file must say about itself: a file copied over another cell's name, or from
+    another grid, does not match and is recomputed."""
+    return {"_study": np.array(study), "_grid_id": np.array(root.name),
+            "_beta_i": np.array(float(cell[0])), "_t0": np.array(float(cell[1])),
+            "_n_seeds": np.array(int(n_seeds))}
+
+
+def _load_cell(path: Path, identity: dict, fields: Iterable[str]):
+    """Load a cached cell; ``None`` if missing, unreadable, inconsistent or of another identity
+    (then it is redone)."""
     data = load_npz(path)
     if data is None:
         return None
+    n_seeds = int(identity["_n_seeds"])
     if not set(fields) <= set(data) or any(data[k].shape != (n_seeds,) for k in fields):
         return None
-    return data
+    if any(k not in data or data[k].shape != () or data[k].item() != v.item()
+           for k, v in identity.items()):
+        return None
+    return {k: data[k] for k in fields}
 
 
-def _save_cell(path: Path, data: dict) -> None:
-    """Atomic write: a reader never sees a half-written file."""
-    save_npz_atomic(path, data)
+def _save_cell(path: Path, data: dict, identity: dict) -> None:
+    """Atomic write of a cell with its identity: a reader never sees a half-written file."""
+    try:
+        save_npz_atomic(path, {**{k: np.asarray(v) for k, v in data.items()}, **identity})
+    except OSError as exc:
+        raise CacheError(f"cannot write the results cache {path.parent}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _check_writable(root: Path) -> None:
+    """Fail before any computation when the cache folder cannot be created or written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".probe")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as exc:
+        raise CacheError(f"cannot write the results cache {root}: {exc.strerror or exc} "
+                         "(choose another --cache-dir or $ANNEALVI_CACHE)") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,8 +320,7 @@ def summarise_cell(beta_i: float, t0: float, collapsed, failed) -> dict:
 
 def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str | None = None,
              shard: tuple[int, int] | None = None, cache: str | os.PathLike | None = None,
-             master_seed: int | None = None, progress: bool | None = None,
-             chunk: int | None = None, workers: int = 1,
+             master_seed: int | None = None, progress: bool | None = None, workers: int = 1,
              cells: Sequence[tuple[float, float]] | None = None) -> GridResult:
     """Run (or load from cache) every cell of a grid, or of one shard of it.
 
@@ -244,23 +329,29 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
       cfg: the grid configuration (a preset's ``gmm_grid`` or ``realnvp_grid``, possibly with
         fields replaced by CLI options).
       sampler: GMM only, ``"fast"`` (O(B + d), default from cfg) or ``"exact"`` (O(B d)).
-      shard: ``(k, n)`` to run only cells ``i % n == k``.
+      shard: ``(k, n)`` with ``0 <= k < n`` to run only cells ``i % n == k``.
       cache: cache folder (default :func:`annealvi_lib.paths.cache_dir`).
-      master_seed: default ``cfg.seed``.
+      master_seed: integer in [0, 2^32 - 1]; default ``cfg.seed``.
       progress: show a tqdm bar (default: only when attached to a terminal or a notebook).
-      chunk: runs per compiled call (default 64 for ``fast``, 1 for ``exact``, which is
-        memory-bound: measured fastest).
       cells: explicit ``(beta_i, t0)`` cells to run instead of the product grid of ``cfg``
-        (e.g. a few scattered validation cells; the cache is shared with the product grid).
+        (e.g. a few scattered validation cells; the cache is shared with the product grid);
+        validated like the CLI's options.
       workers: local worker processes (each pinned to one core, single-threaded XLA, running
         one shard of the missing cells into the shared cache). On a 2-core CPU two workers beat
-        one process using both cores for these small, latency-bound kernels.
+        one process using both cores for these small, latency-bound kernels. The numbers do not
+        depend on it.
     Returns:
       :class:`GridResult` with one summary row per cell (in grid order) and one row per run.
+    Raises:
+      ValueError: invalid arguments. CacheError: cells are missing and the cache cannot be
+      written (when every cell is cached, a read-only cache is fine).
     """
     check_choice("study", study, STUDIES)
-    master_seed = cfg.seed if master_seed is None else check_int_at_least("seed", master_seed, 0)
-    cells = grid_cells(cfg) if cells is None else [(float(b), float(t)) for b, t in cells]
+    master_seed = cfg.seed if master_seed is None else check_int_range("seed", master_seed, 0,
+                                                                       MAX_SEED)
+    cells = grid_cells(cfg) if cells is None else check_cells(cells)
+    shard = check_shard(shard)
+    workers = check_int_at_least("workers", workers, 1)
     if shard is not None:
         k, n = shard
         cells = [c for i, c in enumerate(cells) if i % n == k]
@@ -270,86 +361,108 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
         extra = {"sampler": sampler}
     else:
         from .realnvp import REALNVP_RUN_FIELDS as fields  # noqa: N811
+        for _, t0 in cells:
+            if not float(t0).is_integer():
+                raise ValueError(f"t0 must be a whole number of steps for realnvp, got {t0!r}")
         extra = {}
-    root = Path(cache or default_cache_dir()) / study / (
-        config_hash(study, cfg, **extra) + f"_seed{master_seed}_n{cfg.n_seeds}")
+    gid = grid_id(study, cfg, master_seed, **extra)
+    root = Path(cache or default_cache_dir()) / study / gid
+    ident = {c: _cell_identity(study, root, c, cfg.n_seeds) for c in cells}
     results = {}
     todo = []
     for cell in cells:
-        data = _load_cell(_cell_path(root, cell), cfg.n_seeds, fields)
+        data = _load_cell(_cell_path(root, cell), ident[cell], fields)
         if data is None:
             todo.append(cell)
         else:
             results[cell] = data
-    workers = check_int_at_least("workers", workers, 1)
+    if todo:
+        _check_writable(root)
     # fewer missing cells than workers: one in-process run using every core is faster
     if workers > 1 and len(todo) >= workers:
-        _run_in_workers(study, cfg, sampler, todo, root, master_seed, chunk, workers, progress)
+        _run_in_workers(study, cfg, sampler, todo, root, master_seed, workers, progress)
         for cell in todo:
-            data = _load_cell(_cell_path(root, cell), cfg.n_seeds, fields)
+            data = _load_cell(_cell_path(root, cell), ident[cell], fields)
             if data is None:
                 raise RuntimeError(f"worker did not produce cell {cell} in {root}")
             results[cell] = data
         todo = []
     bar = _progress_bar(study, cfg, todo, progress)
     try:
-        if study == "gmm":
-            chunk = chunk or (64 if sampler == "fast" else 1)
-            for t0 in sorted({t for _, t in todo}):
-                group = [c for c in todo if c[1] == t0]
-                out = run_gmm_group(cfg, group, master_seed, sampler, chunk,
-                                    on_chunk=bar.update if bar else None)
-                for cell, data in out.items():
-                    _save_cell(_cell_path(root, cell), data)
-                    results[cell] = data
-        else:
-            from .realnvp import run_realnvp_cell
-
-            for cell in todo:
-                data = run_realnvp_cell(cfg, cell[0], cell[1], np.arange(cfg.n_seeds), master_seed)
-                data = {k: np.asarray(v) for k, v in data.items()}
-                _save_cell(_cell_path(root, cell), data)
-                results[cell] = data
-                if bar:
-                    bar.update(cfg.n_seeds * (int(round(cell[1])) + cfg.n_iter_extra))
+        for cell, data in _compute(study, cfg, sampler, todo, master_seed,
+                                   bar.update if bar else None):
+            _save_cell(_cell_path(root, cell), data, ident[cell])
+            results[cell] = data
     finally:
         if bar:
             bar.close()
     summary, runs = [], []
     for cell in cells:
         data = results[cell]
-        summary.append(summarise_cell(cell[0], cell[1], data["collapsed"], data["failed"]))
+        summary.append({**summarise_cell(cell[0], cell[1], data["collapsed"], data["failed"]),
+                        "study": study, "grid_id": gid})
         for r in range(cfg.n_seeds):
             row = {"beta_i": cell[0], "t0": cell[1], "replicate": r}
             row.update({k: _scalar(data[k][r]) for k in fields})
+            row.update({"study": study, "grid_id": gid})
             runs.append(row)
     return GridResult(summary, runs)
 
 
-def _worker_main(study, cfg, sampler, cells, root, master_seed, chunk, core):
+def _compute(study, cfg, sampler, cells, master_seed, progress_update=None):
+    """Yield ``(cell, per-run arrays)`` for every cell of ``cells`` (GMM: grouped by t0)."""
+    if study == "gmm":
+        for t0 in sorted({t for _, t in cells}):
+            group = [c for c in cells if c[1] == t0]
+            yield from run_gmm_group(cfg, group, master_seed, sampler,
+                                     on_block=progress_update).items()
+    else:
+        from .realnvp import run_realnvp_cell
+
+        for cell in cells:
+            data = run_realnvp_cell(cfg, cell[0], cell[1], np.arange(cfg.n_seeds), master_seed)
+            if progress_update:
+                progress_update(cfg.n_seeds * (int(round(cell[1])) + cfg.n_iter_extra))
+            yield cell, {k: np.asarray(v) for k, v in data.items()}
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to send SIGTERM to this process when its parent dies, so that a
+    worker never outlives a killed grid run."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(study, cfg, sampler, cells, root, master_seed, core):
     """Entry point of one worker process: compute ``cells`` into the cache folder ``root``."""
+    _die_with_parent()
     try:
         os.sched_setaffinity(0, {core % os.cpu_count()})
     except (AttributeError, OSError):   # not Linux: no pinning
         pass
-    for t0 in sorted({t for _, t in cells}):
-        group = [c for c in cells if c[1] == t0]
-        if study == "gmm":
-            out = run_gmm_group(cfg, group, master_seed, sampler,
-                                chunk or (64 if sampler == "fast" else 1))
-        else:
-            from .realnvp import run_realnvp_cell
+    root = Path(root)
+    try:
+        for cell, data in _compute(study, cfg, sampler, cells, master_seed):
+            _save_cell(_cell_path(root, cell), data, _cell_identity(study, root, cell,
+                                                                    cfg.n_seeds))
+    except CacheError as exc:
+        import sys
 
-            out = {c: run_realnvp_cell(cfg, c[0], c[1], np.arange(cfg.n_seeds), master_seed)
-                   for c in group}
-        for cell, data in out.items():
-            _save_cell(_cell_path(root, cell), {k: np.asarray(v) for k, v in data.items()})
+        print(f"annealvi worker: error: {exc}", file=sys.stderr)
+        sys.exit(3)
 
 
-def _run_in_workers(study, cfg, sampler, todo, root, master_seed, chunk, workers, progress):
+def _run_in_workers(study, cfg, sampler, todo, root, master_seed, workers, progress):
     """Split the missing cells over ``workers`` spawned processes and wait, showing progress by
-    polling the cache folder."""
+    polling the cache folder. SIGTERM, Ctrl-C or an error here stops the workers too."""
     import multiprocessing as mp
+    import signal
     import time
 
     ctx = mp.get_context("spawn")
@@ -358,25 +471,35 @@ def _run_in_workers(study, cfg, sampler, todo, root, master_seed, chunk, workers
     os.environ["XLA_FLAGS"] = ((old + " ") if old else "") + (
         "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     procs = []
+
+    def _on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old_term = None
     try:
-        for k in range(workers):
-            part = todo[k::workers]
-            if part:
-                p = ctx.Process(target=_worker_main, args=(study, cfg, sampler, part, root,
-                                                           master_seed, chunk, k))
-                p.start()
-                procs.append(p)
-    finally:
-        if old is None:
-            os.environ.pop("XLA_FLAGS", None)
-        else:
-            os.environ["XLA_FLAGS"] = old
-    bar = _progress_bar(study, cfg, todo, progress)
-    steps = {c: cfg.n_seeds * (int(round(c[1])) + cfg.n_iter_extra) for c in todo}
-    done = set()
+        old_term = signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:   # not the main thread: no handler, the workers still die with us
+        pass
+    bar = None
     try:
+        try:
+            for k in range(workers):
+                part = todo[k::workers]
+                if part:
+                    p = ctx.Process(target=_worker_main, daemon=True,
+                                    args=(study, cfg, sampler, part, str(root), master_seed, k))
+                    p.start()
+                    procs.append(p)
+        finally:
+            if old is None:
+                os.environ.pop("XLA_FLAGS", None)
+            else:
+                os.environ["XLA_FLAGS"] = old
+        bar = _progress_bar(study, cfg, todo, progress)
+        steps = {c: cfg.n_seeds * (int(round(c[1])) + cfg.n_iter_extra) for c in todo}
+        done = set()
         while any(p.is_alive() for p in procs):
-            time.sleep(1.0)
+            time.sleep(0.5)
             new = {c for c in todo if c not in done and _cell_path(root, c).exists()}
             if bar:
                 bar.update(sum(steps[c] for c in new))
@@ -385,8 +508,16 @@ def _run_in_workers(study, cfg, sampler, todo, root, master_seed, chunk, workers
         if bar:
             bar.close()
         for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
             p.join()
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    codes = [p.exitcode for p in procs]
+    if any(c == 3 for c in codes):
+        raise CacheError(f"cannot write the results cache {root} (grid workers failed)")
+    bad = [c for c in codes if c != 0]
     if bad:
         raise RuntimeError(f"grid worker processes failed with exit codes {bad}")
 
@@ -412,12 +543,14 @@ def _progress_bar(study, cfg, todo, progress):
 # --------------------------------------------------------------------------------------------
 
 def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -> tuple[Path, Path]:
-    """Write ``<study>_grid.csv`` and ``<study>_runs.csv`` into ``out_dir``; returns both paths."""
+    """Write ``<study>_grid.csv`` and ``<study>_runs.csv`` into ``out_dir``; returns both paths.
+
+    Raises ``OSError`` when ``out_dir`` cannot be created or written (the CLI reports it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grid_path = out / f"{study}_grid.csv"
     runs_path = out / f"{study}_runs.csv"
-    _write_rows(grid_path, GRID_COLUMNS, result.summary)
+    _write_rows(grid_path, GRID_COLUMNS + ID_COLUMNS, result.summary)
     if result.runs:
         _write_rows(runs_path, tuple(result.runs[0].keys()), result.runs)
     return grid_path, runs_path
@@ -425,48 +558,75 @@ def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -
 
 def _write_rows(path: Path, columns, rows) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.csv")
-    with os.fdopen(fd, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(columns))
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: (repr(float(v)) if isinstance(v, float) else v)
+                            for k, v in row.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_grid_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``*_grid.csv`` into a dict of column arrays."""
+    """Read a ``*_grid.csv`` into a dict of column arrays (numbers as floats; the identity
+    columns, when present, as strings)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or tuple(rows[0].keys()) != GRID_COLUMNS:
+    if not rows or tuple(rows[0].keys())[:len(GRID_COLUMNS)] != GRID_COLUMNS:
         raise ValueError(f"{path} is not a grid CSV with columns {','.join(GRID_COLUMNS)}")
-    return {c: np.array([float(r[c]) for r in rows]) for c in GRID_COLUMNS}
+    out = {c: np.array([float(r[c]) for r in rows]) for c in GRID_COLUMNS}
+    for c in ID_COLUMNS:
+        if c in rows[0]:
+            out[c] = np.array([r[c] for r in rows])
+    return out
 
 
 def merge_grid_csvs(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> Path:
     """Merge shard CSVs (``*_grid.csv`` or ``*_runs.csv``) into one, sorted by cell.
 
-    Identical duplicate rows are kept once; conflicting rows for the same cell raise.
+    Every input must have the same columns, including the identity columns ``study`` and
+    ``grid_id`` with one common value (files of different studies or configurations are
+    refused). Identical duplicate rows are kept once; conflicting rows for the same cell raise.
     """
-    rows, header = {}, None
+    rows, header, ident = {}, None, None
+    if not paths:
+        raise ValueError("no CSV files to merge")
     for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ValueError(f"inputs: {p} is not a file")
         with open(p, newline="") as fh:
             reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            if not (set(("beta_i", "t0") + ID_COLUMNS) <= set(fields)):
+                raise ValueError(f"inputs: {p} is not a grid or runs CSV written by annealvi "
+                                 f"(needs columns beta_i, t0, {', '.join(ID_COLUMNS)})")
             if header is None:
-                header = reader.fieldnames
-            elif reader.fieldnames != header:
-                raise ValueError(f"{p} has columns {reader.fieldnames}, expected {header}")
+                header = fields
+            elif fields != header:
+                raise ValueError(f"inputs: {p} has columns {','.join(fields)}, expected "
+                                 f"{','.join(header)}")
             for r in reader:
-                key = (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate", -1) or -1))
+                this = tuple(r[c] for c in ID_COLUMNS)
+                if ident is None:
+                    ident = this
+                elif this != ident:
+                    raise ValueError(f"inputs: {p} is from another experiment (study, grid_id) "
+                                     f"= {this}, expected {ident}")
+                try:
+                    key = (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate") or -1))
+                except ValueError:
+                    raise ValueError(f"inputs: {p} has a malformed row {r}") from None
                 if key in rows and rows[key] != r:
-                    raise ValueError(f"conflicting rows for cell {key} in {p}")
+                    raise ValueError(f"inputs: conflicting rows for cell {key} in {p}")
                 rows[key] = r
-    if header is None:
-        raise ValueError("no CSV files to merge")
     out = Path(out_path)
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory; give a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        for key in sorted(rows):
-            w.writerow(rows[key])
+    _write_rows(out, header, [rows[k] for k in sorted(rows)])
     return out

@@ -27,7 +27,11 @@ class Recommendation(NamedTuple):
       beta_i: initial inverse temperature. t0: annealing time in steps (rounded up).
       rate: per-step factor ``beta_i**(-1/t0)``. p_predicted: closed-form collapse probability
       at ``(beta_i, t0)``. p_vanilla: closed-form probability without annealing,
-      ``erf(sqrt(d) eps)``. beta_c: critical inverse temperature.
+      ``erf(sqrt(d) eps)``. beta_c: critical inverse temperature. status: ``"anneal"`` (the
+      schedule reaches the target), ``"not_needed"`` (``p_target >= p_vanilla``: no annealing,
+      ``t0 = 0``) or ``"not_reachable"`` (no exponential schedule of the closed form reaches the
+      target, e.g. ``beta_c >= 1``: annealing from any start gains nothing; ``t0 = 0`` and
+      ``p_predicted = p_vanilla > p_target``).
     """
 
     beta_i: float
@@ -36,6 +40,7 @@ class Recommendation(NamedTuple):
     p_predicted: float
     p_vanilla: float
     beta_c: float
+    status: str = "anneal"
 
 
 def recommend_schedule(p_target: float, *, d: int, R: float, w_star: float, lr: float = 0.05,
@@ -47,8 +52,8 @@ def recommend_schedule(p_target: float, *, d: int, R: float, w_star: float, lr: 
       d: dimension. R: mode distance. w_star: heavy-mode weight. lr: JKO learning rate.
       alpha: ``beta_c R^2`` (default: the value derived from linear stability).
     Returns:
-      a :class:`Recommendation`; ``t0 = 0`` when no annealing is needed
-      (``p_target >= erf(sqrt(d) eps)``).
+      a :class:`Recommendation`; its ``status`` says whether annealing is needed and whether
+      the target can be reached (``t0 = 0`` in both of those cases).
     """
     p_target = check_open_unit("p_target", p_target)
     alpha = derived_alpha(R, w_star) if alpha is None else alpha
@@ -57,8 +62,10 @@ def recommend_schedule(p_target: float, *, d: int, R: float, w_star: float, lr: 
                                               alpha=alpha))
     t0_steps = int(math.ceil(t0)) if math.isfinite(t0) else 0
     p_vanilla = float(collapse_probability(1.0, 1.0, d=d, R=R, w_star=w_star, lr=lr, alpha=alpha))
+    if p_target >= p_vanilla:
+        return Recommendation(1.0, 0, 1.0, p_vanilla, p_vanilla, alpha / R**2, "not_needed")
     if t0_steps == 0:
-        return Recommendation(1.0, 0, 1.0, p_vanilla, p_vanilla, alpha / R**2)
+        return Recommendation(1.0, 0, 1.0, p_vanilla, p_vanilla, alpha / R**2, "not_reachable")
     p_pred = float(collapse_probability(beta_i, t0_steps, d=d, R=R, w_star=w_star, lr=lr,
                                         alpha=alpha))
     return Recommendation(float(beta_i), t0_steps, float(annealing_rate(beta_i, t0_steps)),

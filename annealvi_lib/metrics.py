@@ -21,6 +21,7 @@ __all__ = [
     "COLLAPSE_STD",
     "target_projection_std",
     "failed_runs",
+    "divergence_limits",
     "collapse_flags",
     "mass_plus",
     "ess_fraction",
@@ -31,6 +32,23 @@ __all__ = [
 
 #: Threshold on std(<mu*, x>) below which a run counts as collapsed (the paper's 1.6).
 COLLAPSE_STD = 1.6
+#: A flow whose projected spread exceeds this factor times the tempered target's has diverged.
+SPREAD_FACTOR = 10.0
+#: A flow whose KL estimate exceeds this many nats per dimension has diverged (a trained or
+#: freshly initialised flow is within a few nats per dimension of the targets used here).
+KL_PER_DIM_MAX = 100.0
+
+
+def divergence_limits(d: int, R: float, w_star: float, beta: float = 1.0) -> dict:
+    """``max_std`` and ``max_kl`` for :func:`run_summary`: far outside any stable run.
+
+    ``max_std = SPREAD_FACTOR * sqrt(1/beta + 4 w*(1-w*) R^2)`` (the tempered target's spread
+    along mu* is at most that without the factor) and ``max_kl = KL_PER_DIM_MAX * d``.
+    """
+    w = check_open_unit("w_star", w_star)
+    R = check_positive("R", R)
+    spread = math.sqrt(1.0 / float(beta) + 4.0 * w * (1.0 - w) * R * R)
+    return {"max_std": SPREAD_FACTOR * spread, "max_kl": KL_PER_DIM_MAX * float(d)}
 
 
 def target_projection_std(R: float, w_star: float) -> float:
@@ -100,17 +118,21 @@ def ess_fraction(log_w) -> np.ndarray:
     return np.where(ok, ess, np.nan)
 
 
-def run_summary(proj, log_w, threshold: float = COLLAPSE_STD) -> dict[str, np.ndarray]:
+def run_summary(proj, log_w, threshold: float = COLLAPSE_STD, max_std: float = math.inf,
+                max_kl: float = math.inf) -> dict[str, np.ndarray]:
     """Per-run metrics from flow samples.
 
     Args:
       proj: ``<mu*, x>`` of n samples per run, shape (runs, n).
       log_w: importance log-weights ``log pi(x) - log q(x)`` of the same samples, shape (runs, n).
       threshold: collapse threshold on std(proj).
+      max_std, max_kl: a run whose std(proj) or KL estimate exceeds these has *diverged* and
+        counts as failed (see :func:`divergence_limits`; default: no limit).
     Returns:
       dict of arrays of shape (runs,): ``collapsed``, ``failed`` (bool), ``proj_std``,
       ``proj_mean``, ``mass_plus``, ``ess``, ``kl`` (= -mean log_w: the KL(q || pi) when log pi is
-      normalised). A run with any non-finite sample or weight is failed (its metrics may be NaN).
+      normalised). A run with any non-finite sample or weight, or beyond ``max_std`` /
+      ``max_kl``, is failed (its metrics are NaN).
     """
     proj = np.asarray(proj, dtype=np.float64)
     log_w = np.asarray(log_w, dtype=np.float64)
@@ -119,6 +141,7 @@ def run_summary(proj, log_w, threshold: float = COLLAPSE_STD) -> dict[str, np.nd
                          f"{log_w.shape}")
     failed = failed_runs(proj, log_w)
     with np.errstate(invalid="ignore", over="ignore"):
+        failed = failed | (proj.std(axis=-1) > max_std) | (-log_w.mean(axis=-1) > max_kl)
         std = np.where(failed, np.nan, proj.std(axis=-1))
         mean = np.where(failed, np.nan, proj.mean(axis=-1))
         kl = np.where(failed, np.nan, -log_w.mean(axis=-1))

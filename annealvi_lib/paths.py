@@ -20,17 +20,21 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Results cache folder (created if missing): ``override``, ``$ANNEALVI_CACHE`` or ``<repo>/results``."""
+def cache_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """Results cache folder: ``override``, ``$ANNEALVI_CACHE`` or ``<repo>/results`` (created if
+    missing, unless ``create=False``)."""
     path = Path(override or os.environ.get("ANNEALVI_CACHE") or repo_root() / "results")
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def figures_dir(override: str | os.PathLike | None = None) -> Path:
-    """Figure output folder (created if missing): ``override``, ``$ANNEALVI_FIGURES`` or ``<repo>/figures``."""
+def figures_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:
+    """Figure output folder: ``override``, ``$ANNEALVI_FIGURES`` or ``<repo>/figures`` (created if
+    missing, unless ``create=False``)."""
     path = Path(override or os.environ.get("ANNEALVI_FIGURES") or repo_root() / "figures")
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -485,8 +485,9 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
     """Train ``len(replicates)`` flows at one grid cell and classify them.
 
     Run ``r``'s key is ``seeding.run_keys(master_seed, ("realnvp", beta_i, t0), [r])``, so a
-    run does not depend on which other replicates are in the call (chunking changes only the
-    vmapped batch size, hence float rounding at the 1e-6 level, not the keys). The schedule is
+    run does not depend on which other replicates are in the call. The replicates are processed
+    in chunks of one fixed width (the last one padded), so every run goes through the same
+    compiled program. The schedule is
     exponential, ``n_iter = t0 + cfg.n_iter_extra``; replicates are processed in chunks of
     ``cfg.seed_chunk`` (0: all at once) to bound memory.
 
@@ -500,7 +501,7 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
       dict of arrays of shape (n,): ``collapsed``, ``failed`` (bool), ``proj_std``, ``proj_mean``,
       ``mass_plus``, ``ess``, ``kl`` (see :func:`annealvi_lib.metrics.run_summary`).
     """
-    from .metrics import run_summary
+    from .metrics import divergence_limits, run_summary
     from .seeding import run_keys
 
     beta_i = check_beta("beta_i", beta_i)
@@ -516,12 +517,19 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
     schedule = Schedule("exp", beta_i, t0)
     n_iter = int(t0) + int(cfg.n_iter_extra)
     keys = run_keys(int(master_seed), ("realnvp", float(beta_i), float(t0)), reps)
-    chunk = int(getattr(cfg, "seed_chunk", 0)) or reps.size
+    # every chunk has the same width, balanced over the replicates (the last one padded by
+    # repeating its last run, then dropped): every run goes through one compiled program
+    from .seeding import lanes
+
+    chunk = lanes(reps.size, int(getattr(cfg, "seed_chunk", 0)) or reps.size)
     projs, lws = [], []
     for a in range(0, reps.size, chunk):
-        _, _, fin = train_seeds(keys[a:a + chunk], spec, schedule, n_iter, target=target,
+        idx = np.arange(a, a + chunk).clip(max=reps.size - 1)
+        _, _, fin = train_seeds(keys[idx], spec, schedule, n_iter, target=target,
                                 batch=cfg.batch, lr=cfg.lr, record_every=n_iter,
                                 n_eval=int(getattr(cfg, "n_eval", 4096)))
-        projs.append(np.asarray(fin.proj))
-        lws.append(np.asarray(fin.log_w))
-    return run_summary(np.concatenate(projs), np.concatenate(lws))
+        keep = min(chunk, reps.size - a)
+        projs.append(np.asarray(fin.proj)[:keep])
+        lws.append(np.asarray(fin.log_w)[:keep])
+    limits = divergence_limits(cfg.d, cfg.R, cfg.w_star, float(schedule(n_iter)))
+    return run_summary(np.concatenate(projs), np.concatenate(lws), **limits)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cell_id", "run_keys"]
+__all__ = ["cell_id", "run_keys", "lanes"]
 
 
 def cell_id(*values) -> int:
@@ -44,3 +44,11 @@ def run_keys(master_seed: int, cell: tuple, replicates) -> jax.Array:
     base = jax.random.fold_in(jax.random.key(int(master_seed)), cell_id(*cell))
     reps = jnp.asarray(np.asarray(replicates, dtype=np.int64).astype(np.uint32))
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(reps)
+
+
+def lanes(n_seeds: int, max_lanes: int) -> int:
+    """Runs per compiled call: the fewest blocks of at most ``max_lanes`` runs that hold
+    ``n_seeds``, balanced (100 seeds, 64 lanes -> 2 blocks of 50). A function of the
+    configuration only, so every run of a grid uses one program shape."""
+    n_blocks = -(-n_seeds // max_lanes)
+    return -(-n_seeds // n_blocks)

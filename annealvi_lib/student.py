@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._rng import fast_threefry
 from ._validate import check_int_at_least, check_positive
@@ -44,6 +45,9 @@ __all__ = [
     "simulate_seeds",
     "seed_keys",
     "classify_collapse",
+    "run_with_range",
+    "variance_limit",
+    "VAR_MIN",
 ]
 
 #: Fixed mixture weights of the student (w1, w2).
@@ -193,6 +197,33 @@ def _simulate(key, state0, target, schedule: Schedule, n_iter: int, hyper: Hyper
     return final, traj
 
 
+def run_with_range(step, key, state0, target, betas, hyper: Hyper):
+    """Final state of ``n_iter = len(betas) - 1`` steps and the range of the variances visited.
+
+    ``step(state, key, target, beta, hyper) -> (new_state, loss)`` is :func:`jko_step` or
+    :func:`annealvi_lib.reduced.reduced_step` (both states have a ``var`` field of shape (2,)).
+    The noise keys are those of :func:`simulate` (``split(key, n_iter + 1)[:-1]``), so the final
+    state is the one ``simulate(..., record=False)`` returns. Used by the grid runner to count
+    runs that left the physical range at any step (an oscillating blow-up can end in range).
+
+    Returns:
+      ``(final_state, var_min, var_max)``; the extremes include the initial variances and are
+      NaN when any step produced NaN.
+    """
+    n_iter = betas.shape[-1] - 1
+    keys = jax.random.split(key, n_iter + 1)
+
+    def body(carry, xs):
+        state, lo, hi = carry
+        k, beta = xs
+        new, _ = step(state, k, target, beta, hyper)
+        return (new, jnp.minimum(lo, new.var.min()), jnp.maximum(hi, new.var.max())), None
+
+    init = (state0, state0.var.min(), state0.var.max())
+    (final, lo, hi), _ = jax.lax.scan(body, init, (keys[:-1], betas[:-1]))
+    return final, lo, hi
+
+
 def simulate(key: jax.Array, state0: StudentState, target: Target, schedule: Schedule,
              n_iter: int, hyper: Hyper = Hyper(), record: bool = True):
     """Run ``n_iter`` JKO steps along ``schedule``, jit-compiled with ``lax.scan``.
@@ -259,14 +290,51 @@ _simulate_seeds_jit = jax.jit(
     _simulate_seeds, static_argnames=("schedule", "n_iter", "hyper", "var0", "record"))
 
 
-def classify_collapse(s_final):
-    """Classify final overlaps: returns ``(collapsed, failed)`` boolean arrays.
+#: A student variance below this is outside any physically possible range: every tempered
+#: target has modes of variance 1/beta >= 1 and the reverse-KL optimum of a component is no
+#: narrower than the mode it covers; only an unstable update (too large a learning rate) gets
+#: 100x below that.
+VAR_MIN = 1e-2
+#: Factor over the widest tempered target a variance may reach before the run counts as
+#: diverged: see :func:`variance_limit`.
+VAR_FACTOR = 10.0
 
-    A run is *failed* when its final ``s`` is not finite (NaN/inf: diverged) and is then neither
-    collapsed nor not collapsed. Otherwise it is *collapsed* when ``s > 0`` (both means on the
-    same mode; ``s`` near -1 means both modes are covered).
+
+def variance_limit(beta_min, R):
+    """Largest student variance a run that never goes hotter than ``beta_min`` can reach before
+    it counts as *diverged*: ``VAR_FACTOR * (1 + R^2) / beta_min``.
+
+    The tempered target pi_beta has per-coordinate variance at most ``(1 + R^2)/beta`` (its
+    axis variance; the other coordinates have ``1/beta``) and the student starts at
+    ``1/beta_i``; a stable run shrinks its variances as beta grows. A factor of 100 above the
+    widest target is far outside what any stable run reaches (tests: the largest final variance
+    of the book grid is below ``1/beta_i``), while the JKO update at too large a learning rate
+    blows up geometrically (1e4 to 1e19 after a few steps at lr = 3).
+    """
+    return VAR_FACTOR * (1.0 + np.asarray(R, np.float64) ** 2) / np.asarray(beta_min, np.float64)
+
+
+def classify_collapse(s_final, var1=None, var2=None, var_max=None):
+    """Classify final states: returns ``(collapsed, failed)`` boolean arrays.
+
+    A run is *failed* (diverged) when its final ``s`` is not finite, or -- when the final
+    variances are given -- when a variance is not finite, below :data:`VAR_MIN` or above
+    ``var_max`` (e.g. :func:`variance_limit`). A failed run is neither collapsed nor not
+    collapsed. Otherwise it is *collapsed* when ``s > 0`` (both means on the same mode; ``s``
+    near -1 means both modes are covered).
+
+    Args:
+      s_final: final overlaps, shape (...).
+      var1, var2: final variances, same shape (optional, both or neither).
+      var_max: upper limit of a physical variance, scalar or shape (...) (default: no limit).
     """
     s = jnp.asarray(s_final)
     failed = ~jnp.isfinite(s)
+    if (var1 is None) != (var2 is None):
+        raise ValueError("give both var1 and var2, or neither")
+    if var1 is not None:
+        hi = jnp.inf if var_max is None else jnp.asarray(var_max)
+        for v in (jnp.asarray(var1), jnp.asarray(var2)):
+            failed = failed | ~jnp.isfinite(v) | (v < VAR_MIN) | (v > hi)
     collapsed = jnp.where(failed, False, s > 0)
     return collapsed, failed

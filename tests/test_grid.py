@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from annealvi_lib.config import get_preset
-from annealvi_lib.grid import (GRID_COLUMNS, merge_grid_csvs, parse_shard, read_grid_csv, run_grid,
+from annealvi_lib.grid import (GRID_COLUMNS, ID_COLUMNS, merge_grid_csvs, parse_shard, read_grid_csv, run_grid,
                                write_grid_csv)
 
 CFG = dataclasses.replace(get_preset("quick").gmm_grid, n_seeds=6, n_iter_extra=10,
@@ -25,7 +25,7 @@ def reference(tmp_path_factory):
 
 def test_columns_and_counts(reference):
     res, grid_text, runs_text = reference
-    assert grid_text.splitlines()[0] == ",".join(GRID_COLUMNS)
+    assert grid_text.splitlines()[0] == ",".join(GRID_COLUMNS + ID_COLUMNS)
     assert len(res.summary) == len(CFG.beta_is) * len(CFG.t0s)
     for row in res.summary:
         assert row["n_runs"] == CFG.n_seeds

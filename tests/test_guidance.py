@@ -22,7 +22,7 @@ def test_recommendation_meets_target_at_the_optimal_start():
 
 def test_no_annealing_needed_when_target_is_above_vanilla():
     rec = recommend_schedule(0.999, d=16, R=3.0, w_star=0.8)
-    assert rec.t0 == 0 and rec.beta_i == 1.0
+    assert rec.t0 == 0 and rec.beta_i == 1.0 and rec.status == "not_needed"
     assert rec.p_vanilla == pytest.approx(math.erf(4 * math.log(4) / 18))
 
 
@@ -30,3 +30,12 @@ def test_no_annealing_needed_when_target_is_above_vanilla():
 def test_invalid_target(p):
     with pytest.raises(ValueError, match="p_target"):
         recommend_schedule(p, d=512, R=3.0, w_star=0.8)
+
+
+def test_unreachable_target_is_not_reported_as_not_needed():
+    # R = 0.5: beta_c = alpha / R^2 > 1, so annealing from any start gains nothing in the closed
+    # form and p = 0.1 cannot be reached (vanilla predicts 1.0)
+    rec = recommend_schedule(0.1, d=512, R=0.5, w_star=0.8)
+    assert rec.status == "not_reachable" and rec.t0 == 0
+    assert rec.p_predicted > 0.1 and rec.beta_c > 1
+    assert recommend_schedule(0.1, d=512, R=3.0, w_star=0.8).status == "anneal"
