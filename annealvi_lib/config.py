@@ -18,6 +18,7 @@ from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_beta, check_bool, 
 
 __all__ = [
     "PRESET_NAMES",
+    "grid_beta",
     "Problem",
     "DemoConfig",
     "OdeCheckConfig",
@@ -111,10 +112,12 @@ def _check_t0s(name, values):
     return check_sequence(name, values, _t0)
 
 
-def _round12(x: float) -> float:
-    """``x`` rounded to 12 significant digits, so that ``10**log10(b)`` gives back ``b`` (the
-    value a user asked for, e.g. 0.01 rather than 0.009999999999999998)."""
-    return float(f"{x:.12g}")
+def grid_beta(log10_value: float, scale: float) -> float:
+    """The grid's ``beta_i = 10**log10_value / scale`` (scale R^2, or 9 for RealNVP), rounded to
+    12 significant digits so that a beta given on the command line comes back as asked (0.01,
+    not 0.009999999999999998 after the round trip through log10). Every grid row and side-study
+    cell is computed by this function."""
+    return float(f"{10.0**log10_value / scale:.12g}")
 
 
 @dataclass(frozen=True)
@@ -215,13 +218,13 @@ class GMMGridConfig:
                    guidance_seeds=_N_SEEDS)
         _check_betas("beta_i", self.beta_is)
         for k, t0 in self.validation_cells + self.sensitivity_cells:
-            check_beta("beta_i", 10.0**k / self.problem.R**2)
+            check_beta("beta_i", grid_beta(k, self.problem.R**2))
         for t0 in self.t0s:
             _check_run_length(t0, self.n_iter_extra)
 
     @property
     def beta_is(self) -> tuple:
-        return tuple(_round12(10.0**k / self.problem.R**2) for k in self.log10_beta_r2)
+        return tuple(grid_beta(k, self.problem.R**2) for k in self.log10_beta_r2)
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ class RealNVPGridConfig:
 
     @property
     def beta_is(self) -> tuple:
-        b = [_round12(10.0**k / 9.0) for k in self.log10_beta_9]
+        b = [grid_beta(k, 9.0) for k in self.log10_beta_9]
         b = [v for v in b if v <= 1.0]
         if self.include_beta_one:
             b.append(1.0)

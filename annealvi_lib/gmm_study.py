@@ -21,7 +21,7 @@ from . import collapse as C
 from . import theory
 from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices, plot_stability,
                              plot_vs_rate, summary_arrays)
-from .config import GMMGridConfig, Preset
+from .config import GMMGridConfig, Preset, grid_beta
 from .figures import register
 from .grid import run_grid
 from .schedules import Schedule
@@ -132,7 +132,7 @@ def cell_config(G: GMMGridConfig, log10_beta_r2: float, t0: float, n_seeds: int,
 def validation_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
     """Fast against exact sampler on ``G.validation_cells`` (independent seeds per sampler)."""
     R = G.problem.R
-    cells = [(10.0**k / R**2, float(t0)) for k, t0 in G.validation_cells]
+    cells = [(grid_beta(k, R**2), float(t0)) for k, t0 in G.validation_cells]
     cfg = dataclasses.replace(G, n_seeds=G.validation_seeds)
     # independent samples: the exact sampler uses master seed + 1 (with the same seed both
     # samplers would start from identical initial statistics and the binomial SE of the
@@ -160,7 +160,7 @@ def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
     p = G.problem
     rows = []
     for k, t0 in G.sensitivity_cells:
-        b_i = 10.0**k / p.R**2
+        b_i = grid_beta(k, p.R**2)
         p_cf = float(C.collapse_probability(b_i, t0, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))
         settings = [(B, G.n_iter_extra) for B in G.sensitivity_batches]
         settings += [(p.batch, e) for e in G.sensitivity_extras if e != G.n_iter_extra]

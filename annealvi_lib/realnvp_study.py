@@ -20,7 +20,7 @@ import numpy as np
 
 from . import realnvp as rn
 from .collapse import PAPER_ALPHA
-from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig
+from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig, grid_beta
 from .figures import register
 from .grid import run_grid
 from .metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_interval
@@ -268,7 +268,7 @@ def _one_cell_config(cfg: RealNVPGridConfig, beta_i: float, t0: float,
     if beta_i == 1.0:
         rows = dict(log10_beta_9=(), include_beta_one=True)
     else:
-        ks = [k for k in cfg.log10_beta_9 if 10.0**k / 9.0 == beta_i]
+        ks = [k for k in cfg.log10_beta_9 if grid_beta(k, 9.0) == beta_i]
         if not ks:
             raise ValueError(f"beta_i must be 1 or a row of the grid {cfg.beta_is}, got {beta_i!r}")
         rows = dict(log10_beta_9=(ks[0],), include_beta_one=False)

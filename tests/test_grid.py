@@ -53,6 +53,29 @@ def test_corrupt_cache_file_is_redone(reference, tmp_path):
     assert grid_csv.read_text() == reference[1]
 
 
+def test_shards_merged_are_byte_identical(reference, tmp_path):
+    # shards 0/2 and 1/2 (separate caches), merged: the same files, byte for byte
+    grids, runs = [], []
+    for k in range(2):
+        res = run_grid("gmm", CFG, shard=(k, 2), cache=tmp_path / f"c{k}", progress=False)
+        g, r = write_grid_csv(res, tmp_path / f"s{k}", "gmm")
+        grids.append(g)
+        runs.append(r)
+    assert merge_grid_csvs(grids, tmp_path / "g.csv").read_text() == reference[1]
+    assert merge_grid_csvs(runs, tmp_path / "r.csv").read_text() == reference[2]
+
+
+def test_cell_file_under_another_name_is_recomputed(reference, tmp_path):
+    cache = tmp_path / "cache"
+    run_grid("gmm", CFG, cache=cache, progress=False)
+    files = sorted(cache.rglob("cell_*.npz"))
+    files[1].write_bytes(files[0].read_bytes())     # another cell's results under this name
+    res = run_grid("gmm", CFG, cache=cache, progress=False)
+    grid_csv, runs_csv = write_grid_csv(res, tmp_path, "gmm")
+    assert grid_csv.read_text() == reference[1]
+    assert runs_csv.read_text() == reference[2]
+
+
 def test_shards_merge_to_unsharded(reference, tmp_path):
     paths = []
     for k in range(3):
@@ -60,7 +83,7 @@ def test_shards_merge_to_unsharded(reference, tmp_path):
         paths.append(write_grid_csv(res, tmp_path / f"s{k}", "gmm")[0])
     merged = merge_grid_csvs(paths, tmp_path / "merged.csv")
     a, b = read_grid_csv(merged), read_grid_csv_from_text(reference[1], tmp_path)
-    for c in GRID_COLUMNS:
+    for c in GRID_COLUMNS + ID_COLUMNS:
         np.testing.assert_array_equal(a[c], b[c])
 
 
@@ -119,3 +142,25 @@ def test_worker_processes_give_identical_results(reference, tmp_path):
     grid_csv, runs_csv = write_grid_csv(res, tmp_path, "gmm")
     assert grid_csv.read_text() == reference[1]
     assert runs_csv.read_text() == reference[2]
+
+
+@pytest.mark.parametrize("study", ["exact", "realnvp"])
+def test_exact_sampler_and_realnvp_identical_across_workers_and_shards(study, tmp_path):
+    """Per-run values bit for bit: in-process, 2 workers, and shards 0/2 + 1/2 merged."""
+    if study == "exact":
+        cfg = dataclasses.replace(CFG, n_seeds=3, log10_beta_r2=(-2.0,), t0s=(10.0, 15.0),
+                                  sampler="exact")
+        name = "gmm"
+    else:
+        cfg = dataclasses.replace(get_preset("quick").realnvp_grid, t0s=(10.0, 12.0),
+                                  n_seeds=3, seed_chunk=2, n_iter_extra=3)
+        name = "realnvp"
+    whole = write_grid_csv(run_grid(name, cfg, cache=tmp_path / "a", progress=False),
+                           tmp_path / "a", name)[1].read_text()
+    workers = write_grid_csv(run_grid(name, cfg, cache=tmp_path / "b", progress=False,
+                                      workers=2), tmp_path / "b", name)[1].read_text()
+    shards = [write_grid_csv(run_grid(name, cfg, shard=(k, 2), cache=tmp_path / f"s{k}",
+                                      progress=False), tmp_path / f"s{k}", name)[1]
+              for k in range(2)]
+    assert workers == whole
+    assert merge_grid_csvs(shards, tmp_path / "m.csv").read_text() == whole
