@@ -18,6 +18,9 @@ def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)      # an ordinary file's mode, not mkstemp's 0600
     os.close(fd)
     try:
         np.savez(tmp, **data)

@@ -111,9 +111,13 @@ def _grid_config(args):
     cfg = preset.gmm_grid if args.study == "gmm" else preset.realnvp_grid
     changes = {}
     if args.beta_i is not None:
+        from .config import MIN_GRID_BETA
+
         for b in args.beta_i:
-            if not (math.isfinite(b) and 0 < b <= 1):
-                raise ValueError(f"--beta-i values must lie in (0, 1], got {b!r}")
+            if not (math.isfinite(b) and MIN_GRID_BETA <= b <= 1):
+                raise ValueError(f"--beta-i values must lie in [{MIN_GRID_BETA:g}, 1], got {b!r}")
+        if len({f"{b:.12g}" for b in args.beta_i}) != len(args.beta_i):
+            raise ValueError(f"--beta-i values must be distinct, got {args.beta_i}")
         if args.study == "gmm":
             changes["log10_beta_r2"] = tuple(math.log10(b * cfg.problem.R**2) for b in args.beta_i)
         else:
@@ -126,6 +130,8 @@ def _grid_config(args):
             if args.study == "realnvp" and not float(t).is_integer():
                 raise ValueError(f"--t0 values must be whole numbers of steps for realnvp, "
                                  f"got {t!r}")
+        if len({f"{t:.12g}" for t in args.t0}) != len(args.t0):
+            raise ValueError(f"--t0 values must be distinct, got {args.t0}")
         changes["t0s"] = tuple(args.t0)
     if args.seeds is not None:
         changes["n_seeds"] = check_int_range("--seeds", args.seeds, 1, MAX_SEEDS)
@@ -153,8 +159,12 @@ def _grid_config(args):
     return dataclasses.replace(cfg, **changes)
 
 
-def _check_out_dir(option: str, path: str) -> Path:
-    """A folder that exists or can be created: not a file, not under a file."""
+def _check_out_dir(option: str, path: str, writable: bool = False) -> Path:
+    """A folder that exists or can be created: not a file, not under a file (exit 2); with
+    ``writable``, also created and probed now, so that an unwritable folder fails before any
+    computation (exit 1, an I/O fault)."""
+    import tempfile
+
     p = Path(path)
     for q in (p, *p.parents):
         if q.exists():
@@ -162,6 +172,13 @@ def _check_out_dir(option: str, path: str) -> Path:
                 where = "is a file" if q == p else f"lies under the file {q}"
                 raise ValueError(f"{option}: {p} {where}; give a folder")
             break
+    if writable:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=p):
+                pass
+        except OSError as exc:
+            raise OSError(f"{option}: cannot write to {p}: {exc.strerror or exc}") from None
     return p
 
 
@@ -176,7 +193,7 @@ def _cmd_grid(args) -> int:
     except ValueError as exc:
         raise ValueError(f"--shard: {exc}") from None
     cfg = _grid_config(args)
-    out = _check_out_dir("--out", args.out)
+    out = _check_out_dir("--out", args.out, writable=True)
     cache = _check_out_dir("--cache-dir" if args.cache_dir else "$ANNEALVI_CACHE",
                            cache_dir(args.cache_dir, create=False))
     print(f"[annealvi] {args.study} grid, preset {args.preset}, {len(cfg.beta_is)} x "
@@ -205,7 +222,7 @@ def _cmd_merge(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out: {out} is a directory; give a file name")
-    _check_out_dir("--out", str(out.parent))
+    _check_out_dir("--out", str(out.parent), writable=True)
     out = merge_grid_csvs(args.inputs, out)
     print(f"[annealvi] wrote {out}", file=sys.stderr)
     return 0
@@ -225,7 +242,8 @@ def _cmd_figures(args) -> int:
         return 0
     specs = figures.select(args.names)   # validates every name before any computation
     preset = get_preset(args.preset)
-    _check_out_dir("--out" if args.out else "$ANNEALVI_FIGURES", figures_dir(args.out, create=False))
+    _check_out_dir("--out" if args.out else "$ANNEALVI_FIGURES", figures_dir(args.out, create=False),
+                   writable=True)
     if args.cache_dir is not None:
         _check_out_dir("--cache-dir", args.cache_dir)
     # figure functions read the cache through paths.cache_dir(); the flag overrides it for this
@@ -258,6 +276,9 @@ def main(argv=None) -> int:
     except OSError as exc:             # an I/O fault: unwritable cache or output folder, ...
         what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
         print(f"{parser.prog} {args.command}: error: {what}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:        # e.g. a worker process that died
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted (cached cells are kept; rerun to "

@@ -18,6 +18,7 @@ from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_beta, check_bool, 
 
 __all__ = [
     "PRESET_NAMES",
+    "MIN_GRID_BETA",
     "grid_beta",
     "Problem",
     "DemoConfig",
@@ -83,8 +84,8 @@ def _t0(name, v):
 def _log10(name, v):
     """A finite base-10 exponent of a grid axis (|k| <= 30)."""
     k = check_finite(name, v)
-    if abs(k) > 30:
-        raise ValueError(f"{name} must be a base-10 exponent in [-30, 30], got {v!r}")
+    if abs(k) > 300:
+        raise ValueError(f"{name} must be a base-10 exponent in [-300, 300], got {v!r}")
     return k
 
 
@@ -102,9 +103,15 @@ _STEPS = _int_range(1, MAX_STEPS)
 _EXTRA = _int_range(0, MAX_STEPS)
 
 
+#: Smallest initial inverse temperature of a grid: the student starts with variance 1/beta_i,
+#: and float32 runs from far hotter starts carry variances no physical check can bound.
+MIN_GRID_BETA = 1e-8
+
+
 def _check_betas(name, values):
     for v in values:
-        check_beta(name, v)
+        if check_beta(name, v) < MIN_GRID_BETA:
+            raise ValueError(f"{name} must lie in [{MIN_GRID_BETA:g}, 1] for a grid, got {v!r}")
     return tuple(float(v) for v in values)
 
 

@@ -131,6 +131,15 @@ def check_cells(cells) -> list[tuple[float, float]]:
         out.append((check_beta("beta_i", b), _t0("t0", t)))
     if not out:
         raise ValueError("cells must hold at least one (beta_i, t0) pair")
+    # cells are identified by 12 significant digits (seeding.cell_id): two entries that agree
+    # to that precision are the same cell (same keys, same cache file)
+    seen = {}
+    for c in out:
+        key = cell_id(*c)
+        if key in seen:
+            raise ValueError(f"cells must be distinct, got {seen[key]} and {c} (equal to 12 "
+                             "significant digits)")
+        seen[key] = c
     return out
 
 
@@ -347,9 +356,13 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
       written (when every cell is cached, a read-only cache is fine).
     """
     check_choice("study", study, STUDIES)
+    want = GMMGridConfig if study == "gmm" else RealNVPGridConfig
+    if not isinstance(cfg, want):
+        raise ValueError(f"cfg must be a {want.__name__} for the {study} study, got "
+                         f"{type(cfg).__name__}")
     master_seed = cfg.seed if master_seed is None else check_int_range("seed", master_seed, 0,
                                                                        MAX_SEED)
-    cells = grid_cells(cfg) if cells is None else check_cells(cells)
+    cells = check_cells(grid_cells(cfg) if cells is None else cells)
     shard = check_shard(shard)
     workers = check_int_at_least("workers", workers, 1)
     if shard is not None:
@@ -550,15 +563,25 @@ def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -
     out.mkdir(parents=True, exist_ok=True)
     grid_path = out / f"{study}_grid.csv"
     runs_path = out / f"{study}_runs.csv"
-    _write_rows(grid_path, GRID_COLUMNS + ID_COLUMNS, result.summary)
+    # canonical order (by beta_i, t0, replicate), the order merge_grid_csvs writes: a grid, its
+    # shards merged, and the same cells given in another order give the same bytes
+    order = lambda r: (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate", -1)))
+    _write_rows(grid_path, GRID_COLUMNS + ID_COLUMNS, sorted(result.summary, key=order))
     if result.runs:
-        _write_rows(runs_path, tuple(result.runs[0].keys()), result.runs)
+        run_cols = tuple(result.runs[0].keys())
+    else:                     # an empty shard still writes both files (no stale runs CSV)
+        from .realnvp import REALNVP_RUN_FIELDS
+
+        fields = GMM_RUN_FIELDS if study == "gmm" else REALNVP_RUN_FIELDS
+        run_cols = ("beta_i", "t0", "replicate", *fields, *ID_COLUMNS)
+    _write_rows(runs_path, run_cols, sorted(result.runs, key=order))
     return grid_path, runs_path
 
 
 def _write_rows(path: Path, columns, rows) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.csv")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(columns))
             w.writeheader()
@@ -569,6 +592,14 @@ def _write_rows(path: Path, columns, rows) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _file_mode() -> int:
+    """The mode a newly created file gets (0666 less the umask), for the atomic writes that
+    go through mkstemp (which creates 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def read_grid_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -599,31 +630,38 @@ def merge_grid_csvs(paths: Sequence[str | os.PathLike], out_path: str | os.PathL
         p = Path(p)
         if not p.is_file():
             raise ValueError(f"inputs: {p} is not a file")
-        with open(p, newline="") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            if not (set(("beta_i", "t0") + ID_COLUMNS) <= set(fields)):
-                raise ValueError(f"inputs: {p} is not a grid or runs CSV written by annealvi "
-                                 f"(needs columns beta_i, t0, {', '.join(ID_COLUMNS)})")
-            if header is None:
-                header = fields
-            elif fields != header:
-                raise ValueError(f"inputs: {p} has columns {','.join(fields)}, expected "
-                                 f"{','.join(header)}")
-            for r in reader:
-                this = tuple(r[c] for c in ID_COLUMNS)
-                if ident is None:
-                    ident = this
-                elif this != ident:
-                    raise ValueError(f"inputs: {p} is from another experiment (study, grid_id) "
-                                     f"= {this}, expected {ident}")
-                try:
-                    key = (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate") or -1))
-                except ValueError:
-                    raise ValueError(f"inputs: {p} has a malformed row {r}") from None
-                if key in rows and rows[key] != r:
-                    raise ValueError(f"inputs: conflicting rows for cell {key} in {p}")
-                rows[key] = r
+        try:
+            with open(p, newline="") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise ValueError(f"inputs: {p} is not a text CSV file") from None
+        reader = csv.DictReader(text.splitlines())
+        fields = reader.fieldnames or []
+        if not (set(("beta_i", "t0") + ID_COLUMNS) <= set(fields)):
+            raise ValueError(f"inputs: {p} is not a grid or runs CSV written by annealvi "
+                             f"(needs columns beta_i, t0, {', '.join(ID_COLUMNS)})")
+        if header is None:
+            header = fields
+        elif fields != header:
+            raise ValueError(f"inputs: {p} has columns {','.join(fields)}, expected "
+                             f"{','.join(header)}")
+        for r in reader:
+            if None in r or None in r.values():
+                raise ValueError(f"inputs: {p} line {reader.line_num} has "
+                                 f"{'more' if None in r else 'fewer'} fields than its header")
+            this = tuple(r[c] for c in ID_COLUMNS)
+            if ident is None:
+                ident = this
+            elif this != ident:
+                raise ValueError(f"inputs: {p} is from another experiment (study, grid_id) "
+                                 f"= {this}, expected {ident}")
+            try:
+                key = (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate") or -1))
+            except ValueError:
+                raise ValueError(f"inputs: {p} has a malformed row {r}") from None
+            if key in rows and rows[key] != r:
+                raise ValueError(f"inputs: conflicting rows for cell {key} in {p}")
+            rows[key] = r
     out = Path(out_path)
     if out.is_dir():
         raise ValueError(f"--out: {out} is a directory; give a file name")

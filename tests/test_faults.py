@@ -315,3 +315,70 @@ def _children_state(pid):
             return fh.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+# ------------------------------------------------------------------ found by a fresh-eyes review
+
+@pytest.mark.parametrize("argv, option", [
+    (["--t0", "10,10.0000000000001"], "--t0"),
+    (["--t0", "10,10"], "--t0"),
+    (["--beta-i", "0.01,0.01"], "--beta-i"),
+    (["--beta-i", "1e-300"], "--beta-i"),
+])
+def test_duplicate_or_tiny_cells_exit_2(argv, option, tmp_path, capsys):
+    code, err = _main(capsys, "grid", "gmm", *TINY_ARGS, *argv, "--cache-dir",
+                      str(tmp_path / "c"), "--out", str(tmp_path))
+    assert code == 2
+    _one_line_error(err, option)
+
+
+def test_run_grid_refuses_duplicate_cells_and_wrong_config(tmp_path):
+    with pytest.raises(ValueError, match="distinct"):
+        run_grid("gmm", TINY, cells=[(0.01, 10.0), (0.01, 10.0000000000001)], cache=tmp_path)
+    with pytest.raises(ValueError, match="cfg must be a RealNVPGridConfig"):
+        run_grid("realnvp", TINY, cache=tmp_path)
+    with pytest.raises(ValueError, match="cfg must be a GMMGridConfig"):
+        run_grid("gmm", None, cache=tmp_path)
+
+
+def test_csv_order_does_not_depend_on_the_order_of_the_cells(tmp_path):
+    cfg = dataclasses.replace(TINY, log10_beta_r2=(0.0, -2.0), t0s=(12.0, 10.0))
+    back = dataclasses.replace(TINY, log10_beta_r2=(-2.0, 0.0), t0s=(10.0, 12.0))
+    a = write_grid_csv(run_grid("gmm", cfg, cache=tmp_path / "c", progress=False),
+                       tmp_path / "a", "gmm")
+    b = write_grid_csv(run_grid("gmm", back, cache=tmp_path / "c", progress=False),
+                       tmp_path / "b", "gmm")
+    assert [x.read_bytes() for x in a] == [x.read_bytes() for x in b]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((x.stat().st_mode & 0o777) == (0o666 & ~umask) for x in a)
+
+
+def test_empty_shard_writes_both_files(tmp_path):
+    res = run_grid("gmm", TINY, shard=(1, 2), cache=tmp_path / "c", progress=False)
+    assert res.summary == [] and res.runs == []
+    stale = tmp_path / "gmm_runs.csv"
+    stale.write_text("old")
+    g, r = write_grid_csv(res, tmp_path, "gmm")
+    assert g.read_text().count("\n") == 1 and r.read_text().startswith("beta_i,t0,replicate")
+
+
+@pytest.mark.parametrize("case", ["binary", "extra_field"])
+def test_merge_unreadable_rows_name_the_file(case, tmp_path, capsys):
+    a = _fake_csv(tmp_path / "a.csv")
+    b = tmp_path / "b.csv"
+    if case == "binary":
+        b.write_bytes(b"\xff\xfe\x00bad")
+    else:
+        b.write_text(a.read_text().rstrip("\n") + ",extra\n")
+    code, err = _main(capsys, "merge", str(a), str(b), "--out", str(tmp_path / "m.csv"))
+    assert code == 2
+    _one_line_error(err, "b.csv")
+
+
+def test_unwritable_out_fails_before_computing(tmp_path, capsys):
+    code, err = _main(capsys, "grid", "gmm", *TINY_ARGS, "--cache-dir", str(tmp_path / "c"),
+                      "--out", "/proc/annealvi-out")
+    assert code == 1
+    _one_line_error(err, "--out")
+    assert not (tmp_path / "c").exists()
