@@ -53,4 +53,4 @@ bench: $(STAMP)
 	$(VPY) benchmarks/bench_realnvp.py --out results/bench_realnvp.json
 
 clean:
-	rm -rf _build figures .pytest_cache book/_vendor
+	rm -rf _build figures notebooks/_figure_data .pytest_cache book/_vendor

@@ -87,7 +87,7 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
     for i in range(betas.size):
         for j in range(t0s.size):
             p = arrays["p_collapse"][i, j]
-            ax.text(x[i], t0s[j], f"{p:.2f}", ha="center", va="center", fontsize=6,
+            ax.text(x[i], t0s[j], f"{p:.2f}", ha="center", va="center", fontsize=9.5,
                     color="white" if p < 0.6 else "black")
     fig.colorbar(im, ax=ax, label=r"measured $P_{\rm collapse}$")
     ax.grid(False)   # grid lines would cut through the cells
@@ -97,9 +97,16 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
         XX, TT = np.meshgrid(xf, tf, indexing="ij")
         # the cell-edge margins can leave the valid domain: clip to beta <= 1, t0 >= 1
         P = iso_fn(np.minimum(10.0**XX / R**2, 1.0), np.maximum(TT, 1.0))
-        ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
-        ax.plot([], [], "w--", label=iso_label)
-        ax.legend(loc="upper right", fontsize=8, labelcolor="white")
+        # white dashes with a black outline: visible on every colour of the map and, in the
+        # legend, on the white page
+        import matplotlib.patheffects as pe
+
+        halo = [pe.Stroke(linewidth=3.0, foreground="black"), pe.Normal()]
+        cs = ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
+        cs.set_path_effects(halo)
+        ax.plot([], [], "--", color="white", lw=1.5, path_effects=halo, label=iso_label)
+        # above the plot, not over the top row of cells
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel(r"$\log_{10}(\beta_i R^2)$")
     ax.set_ylabel(r"annealing time $t_0$ (steps)")
     if title:
@@ -122,9 +129,12 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
         p = arrays["p_collapse"][i]
         ax.errorbar(t0s, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p], fmt="o",
                     ms=3, color="k", capsize=2, label="Monte Carlo (95% Wilson)")
-        for c, (name, pt) in zip(PALETTE, theories.items()):
-            ax.plot(t0s, pt[i], "-", color=c, lw=1.3, label=name)
-        ax.set_title(f"$\\beta_i R^2 = 10^{{{np.log10(b * R**2):.1f}}}$", fontsize=8)
+        # distinct dashes and decreasing widths: a theory drawn on top of another stays visible
+        styles = [dict(ls="-", lw=2.6), dict(ls="--", lw=1.6), dict(ls=":", lw=1.8),
+                  dict(ls="-.", lw=1.3)]
+        for c, sty, (name, pt) in zip(PALETTE, styles, theories.items()):
+            ax.plot(t0s, pt[i], color=c, label=name, **sty)
+        ax.set_title(f"$\\beta_i R^2 = 10^{{{np.log10(b * R**2):.1f}}}$", fontsize=9)
         ax.set_ylim(-0.03, 1.03)
     for ax in axes.flat[betas.size:]:
         ax.set_visible(False)
@@ -132,7 +142,7 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
         ax.set_xlabel("$t_0$ (steps)")
     for ax in axes[:, 0]:
         ax.set_ylabel(r"$P_{\rm collapse}$")
-    axes.flat[0].legend(fontsize=6, loc="lower left")
+    axes.flat[0].legend(fontsize=9, loc="lower left")
     fig.tight_layout()
     return fig
 
@@ -162,7 +172,7 @@ def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] 
     ax.set_xscale("log")
     ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
     ax.set_ylabel(r"$P_{\rm collapse}$")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=9, ncol=2)
     return fig
 
 
@@ -183,7 +193,7 @@ def plot_mechanism(trajs: dict, beta_c: float, lr: float):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(r"$\tau=\eta t$")
     axes[0, 0].set_ylabel("overlap")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -202,7 +212,7 @@ def plot_stability(betas, a_rot, lam_rel, a_asym, R: float, beta_c: float, alpha
     ax.set_xscale("log")
     ax.set_xlabel(r"$\beta R^2$")
     ax.set_ylabel(r"eigenvalue (per unit $\tau$)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
     return fig
 
 
@@ -215,8 +225,8 @@ def markdown_table(rows: Sequence[dict], digits: int = 3) -> str:
     def fmt(v):
         if isinstance(v, (float, np.floating)):
             return f"{float(v):.{digits}f}"
-        return str(v)
+        return str(v).replace("|", "\\|")       # a pipe inside a cell would split it
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(fmt(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

@@ -105,7 +105,8 @@ def render(name: str, preset: Preset):
 
 
 def save(name: str, preset: Preset, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Draw ``name`` and save it as PNG (300 dpi) and PDF into ``out_dir``; returns the paths."""
+    """Draw ``name`` and save it as PNG (300 dpi), PDF and the CSV of its data into ``out_dir``;
+    returns the paths."""
     import matplotlib.pyplot as plt
 
     from .plotting import save_figure
@@ -167,10 +168,20 @@ def _ch1_schedules(preset: Preset):
 @register("ch1_opening_marginals", chapter=1,
           description="opening experiment: target and student marginals along mu* over time")
 def _ch1_opening_marginals(preset: Preset):
-    from .opening import plot_opening_marginals
+    from .opening import plot_opening_marginals, representative_seeds
 
     p = preset.demo.problem
-    return plot_opening_marginals(_opening_runs(preset), p.R, p.w_star, seed=0)
+    runs = _opening_runs(preset)
+    return plot_opening_marginals(runs, p.R, p.w_star, seed=representative_seeds(runs))
+
+
+@register("ch1_final_overlaps", chapter=1,
+          description="opening experiment: final overlap s of every run of each arm")
+def _ch1_final_overlaps(preset: Preset):
+    from .opening import plot_final_overlaps, representative_seeds
+
+    runs = _opening_runs(preset)
+    return plot_final_overlaps(runs, representative_seeds(runs))
 
 
 @register("ch1_variances", chapter=1,

@@ -192,7 +192,7 @@ def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size $B$ (samples per component)")
     ax.set_ylabel(r"$P_{\rm collapse}$")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return fig
 
 

@@ -107,6 +107,18 @@ def gradient_check(R: float, w_star: float, d: int = 16, beta: float = 0.25, var
     return float(zscore(zs))
 
 
+def max_abs_t_quantile(n: int, dof: int, q: float = 0.95) -> float:
+    """``q``-quantile of the largest of ``n`` independent ``|t_dof|`` variables: what the
+    largest z-score of :func:`gradient_check` (``n = 2 d`` coordinates, ``dof = n_batches - 1``,
+    the standard error estimated from the batches) stays below with probability ``q`` when the
+    closed form is exact."""
+    from scipy.stats import t as student_t
+
+    n = check_int_at_least("n", n, 1)
+    dof = check_int_at_least("dof", dof, 1)
+    return float(student_t.ppf(0.5 + 0.5 * q ** (1.0 / n), dof))
+
+
 def f_identity_error(R: float, us=(0.5, 1.0, 3.0, 30.0, 1e3), ws=(0.5, 0.3),
                      n_s: int = 41) -> float:
     """Largest |one-sigmoid f - squared-sigmoid f| over s in [-1, 1] (``n_s`` points) and the
@@ -517,13 +529,13 @@ def plot_f_g_asymptotics(R: float, w_star: float, us=None):
     ax[0].axhline(0.25, color="gray", ls="--", lw=1, label="$w_1w_2$")
     ax[0].set(xlabel="component std $u=1/\\sqrt{\\beta}$", ylabel="$f(s)$", ylim=(0, 0.3),
               title="entropy repulsion")
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=9)
     for i, m0 in enumerate(m0s):
         ax[1].loglog(us, np.abs(gv[i]), label=f"$|g|$, $m={m0:g}$")
         ax[1].loglog(us, np.abs(ga[i]), "k:", lw=1, label="large-$u$ expansion" if i == 0 else None)
     ax[1].set(xlabel="component std $u=1/\\sqrt{\\beta}$", ylabel="$|g(m)|$",
               title="mode attraction")
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -545,16 +557,17 @@ def plot_validation(val: ValidationResult, C: OdeCheckConfig):
     ax[0].plot([], [], "k:", lw=1, label="5-stat + finite-B")
     ax[0].set(xlabel=r"$\tau=\eta t$", ylabel="overlap", ylim=(-1.05, 1.05),
               title=f"$d={p.d}$, $B={p.batch}$, exp schedule")
-    ax[0].legend(fontsize=7, ncol=2)
-    ax[1].semilogy(tau, val.stat("sim", "var1"), lw=2.5, alpha=0.5,
+    # legends below the panels, off the data
+    ax[0].legend(fontsize=9, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax[1].semilogy(tau, val.stat("sim", "var1"), lw=3.0, alpha=0.5,
                    label=r"$\sigma_1^2$ simulation")
-    ax[1].semilogy(tau, val.stat("sim", "var2"), lw=1.5, alpha=0.5,
+    ax[1].semilogy(tau, val.stat("sim", "var2"), lw=1.4, ls="--",
                    label=r"$\sigma_2^2$ simulation")
     ax[1].semilogy(tau, val.stat("ode5", "var1"), "k:", label=r"$\sigma^2$, 5-stat ODE")
     ax[1].semilogy(tau, 1 / val.stat("sim", "beta"), color="C3", ls="--", lw=1,
                    label=r"$1/\beta$")
     ax[1].set(xlabel=r"$\tau=\eta t$", ylabel="variance", title="variance lags the temperature")
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=9, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     return fig
 
@@ -581,7 +594,7 @@ def plot_error_scaling(scan: ScanResult, C: OdeCheckConfig, law: ErrorLaw | None
               ylabel="sup-norm error (mean over seeds)")
         a.set_xticks(x, [f"{v:g}" for v in x])              # label the scanned values only
         a.xaxis.set_minor_formatter(NullFormatter())
-        a.legend(fontsize=8)
+        a.legend(fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -23,13 +23,15 @@ from scipy.stats import norm
 from . import __version__
 from .cache import load_npz, save_npz_atomic, source_hash
 from .config import DemoConfig
+from .plotting import SCHEDULE_LABELS, SCHEDULE_STYLES
 from .schedules import SCHEDULES, Schedule
 from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
 from .targets import make_target
 
 __all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_cache_path",
            "cached_opening_experiment", "marginal_along_mu_star", "student_marginal",
-           "plot_tempered_marginals", "plot_schedules", "plot_opening_marginals", "plot_variances"]
+           "plot_tempered_marginals", "plot_schedules", "plot_opening_marginals", "plot_variances",
+           "representative_seeds", "plot_final_overlaps"]
 
 ARMS = ("vanilla", "covering", "annealed")
 
@@ -201,43 +203,106 @@ def plot_schedules(beta_i: float, t0: float, n_iter: int, ax=None):
         fig = ax.figure
     t = np.arange(n_iter + 1)
     for name in SCHEDULES:
-        ax.plot(t, np.asarray(Schedule(name, beta_i, t0)(t)), label=name)
+        ax.plot(t, np.asarray(Schedule(name, beta_i, t0)(t)), lw=1.8,
+                label=SCHEDULE_LABELS.get(name, name), **SCHEDULE_STYLES.get(name, {}))
     ax.set_yscale("log")
     ax.set_xlabel("step $t$")
     ax.set_ylabel(r"inverse temperature $\beta(t)$")
     ax.axvline(t0, color="gray", ls=":", lw=1)
-    ax.legend(title=f"$\\beta_i={beta_i:.3g}$, $t_0={t0:g}$", fontsize=8)
+    ax.legend(title=f"$\\beta_i={beta_i:.3g}$, $t_0={t0:g}$", fontsize=9, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def plot_opening_marginals(runs: dict[str, OpeningRun], R: float, w_star: float, seed: int = 0,
-                           n_times: int = 4):
+def representative_seeds(runs: dict[str, OpeningRun]) -> dict[str, int]:
+    """For each arm, the run whose final overlap ``s`` is the arm's median (lower median for an
+    even count; failed runs excluded): a typical run, chosen by a criterion, not by hand."""
+    out = {}
+    for name, run in runs.items():
+        s = np.asarray(run.traj.s[:, -1], dtype=float)
+        ok = np.flatnonzero(~np.asarray(run.failed, bool))
+        if ok.size == 0:
+            raise ValueError(f"arm {name!r} has no finished run to show")
+        order = ok[np.argsort(s[ok], kind="stable")]
+        out[name] = int(order[(order.size - 1) // 2])
+    return out
+
+
+def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | None = None):
+    """Final overlap ``s`` of every run of every arm (one dot per run, jittered), with the
+    collapse threshold ``s = 0`` and each arm's collapsed count; ``shown`` circles the runs drawn
+    in :func:`plot_opening_marginals`. Returns the figure."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.4 + 0.3 * len(runs)))
+    rng = np.random.default_rng(0)          # jitter only: positions carry no information
+    names = list(runs)
+    for i, name in enumerate(names):
+        run = runs[name]
+        ok = ~np.asarray(run.failed, bool)
+        s = np.asarray(run.traj.s[:, -1], dtype=float)[ok]
+        y = i + rng.uniform(-0.18, 0.18, s.size)
+        col = np.where(s > 0, "#D55E00", "#0072B2")
+        ax.scatter(s, y, c=col, s=22, alpha=0.85, edgecolors="none")
+        if shown is not None and name in shown:
+            j = shown[name]
+            k = int(np.flatnonzero(ok).tolist().index(j)) if ok[j] else None
+            if k is not None:
+                ax.scatter([s[k]], [y[k]], s=110, facecolors="none", edgecolors="k", lw=1.2)
+        n_c = int(np.sum(s > 0))
+        ax.text(1.04, i, f"{n_c}/{s.size} collapsed", va="center", fontsize=9,
+                transform=ax.get_yaxis_transform())
+    ax.axvline(0.0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylabel("arm")
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(-1.08, 1.08)
+    ax.set_xlabel(r"final overlap $s=\langle\mu_1,\mu_2\rangle/R^2$"
+                  "  (left: both modes covered; right of 0: collapsed)")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_opening_marginals(runs: dict[str, OpeningRun], R: float, w_star: float,
+                           seed: int | dict[str, int] = 0, n_times: int = 4):
     """Marginal along mu* of target (tempered at the current beta) and student, at ``n_times`` times
-    per arm, for one seed. Returns the figure (rows = arms, columns = times)."""
+    per arm. ``seed``: the run shown, one index for all arms or one per arm (e.g.
+    :func:`representative_seeds`). Returns the figure (rows = arms, columns = times)."""
     y = np.linspace(-R - 8, R + 8, 801)
-    fig, axes = plt.subplots(len(runs), n_times, figsize=(2.6 * n_times, 2.1 * len(runs)),
+    fig, axes = plt.subplots(len(runs), n_times, figsize=(2.6 * n_times, 2.2 * len(runs)),
                              sharex=True, sharey=True)
     for row, (name, run) in enumerate(runs.items()):
         tr = run.traj
+        seed_r = seed[name] if isinstance(seed, dict) else seed
+        s_end = float(tr.s[seed_r, -1])
+        axes[row, -1].annotate(f"run {seed_r}: final $s={s_end:+.2f}$\n"
+                               + ("collapsed" if s_end > 0 else "both modes covered"),
+                               xy=(1.02, 0.5), xycoords="axes fraction", va="center",
+                               fontsize=9)
         n = tr.s.shape[1] - 1
         times = np.unique(np.round(np.linspace(0, n, n_times)).astype(int))
         for col, t in enumerate(times):
             ax = axes[row, col]
-            beta = float(tr.beta[seed, t])
+            beta = float(tr.beta[seed_r, t])
             ax.fill_between(y, marginal_along_mu_star(y, R, w_star, 1.0), color="0.85",
                             label=r"target $\pi$")
             if beta < 1:
                 ax.plot(y, marginal_along_mu_star(y, R, w_star, beta), "k--", lw=1,
                         label=r"tempered $\pi_\beta$")
-            ax.plot(y, student_marginal(y, R, tr.m1[seed, t], tr.m2[seed, t], tr.var1[seed, t],
-                                        tr.var2[seed, t]), lw=1.6, label="student $q$")
-            ax.set_title(f"{name}: $t={t}$, $\\beta={beta:.3g}$", fontsize=8)
+            ax.plot(y, student_marginal(y, R, tr.m1[seed_r, t], tr.m2[seed_r, t],
+                                        tr.var1[seed_r, t], tr.var2[seed_r, t]), lw=1.6,
+                    label="student $q$")
+            ax.set_title(f"$t={t}$, $\\beta={beta:.2g}$", fontsize=9)
             if col == 0:
-                ax.set_ylabel("density")
+                ax.set_ylabel(f"{name}\ndensity")
             if row == len(runs) - 1:
                 ax.set_xlabel(r"$\langle \mu^*, x\rangle$")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    by_label = {}                           # every series once, in one legend below the panels
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            by_label.setdefault(label, handle)
+    fig.tight_layout(rect=(0, 0.06, 0.86, 1))
+    fig.legend(list(by_label.values()), list(by_label), loc="lower center", ncol=3, fontsize=9,
+               frameon=False)
     return fig
 
 
@@ -246,14 +311,17 @@ def plot_variances(run: OpeningRun):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     tr = run.traj
     t = np.arange(tr.s.shape[1])
-    for k, v in ((1, tr.var1), (2, tr.var2)):
+    # sigma_1^2 wide and solid under sigma_2^2 dashed: with equal weights they coincide, and
+    # both stay visible
+    for (k, v), sty in zip(((1, tr.var1), (2, tr.var2)), (dict(lw=3.0, ls="-"),
+                                                        dict(lw=1.4, ls="--"))):
         lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
-        line, = ax.plot(t, med, label=f"$\\sigma_{k}^2$ (median over seeds)")
+        line, = ax.plot(t, med, label=f"$\\sigma_{k}^2$ (median over seeds)", **sty)
         ax.fill_between(t, lo, hi, color=line.get_color(), alpha=0.25,
                         label=f"$\\sigma_{k}^2$ 5-95% band")
     ax.plot(t, 1.0 / tr.beta[0], "k--", lw=1, label=r"$1/\beta(t)$")
     ax.set_yscale("log")
     ax.set_xlabel("step $t$")
     ax.set_ylabel(r"variance $\sigma_k^2$")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return fig

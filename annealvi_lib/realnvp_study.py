@@ -355,10 +355,10 @@ def plot_demo_run(demo: dict, cfg: RealNVPGridConfig):
     ax[0, 1].legend()
     for v, lab in ((std_target, "target std"), (1.0, "one mode"), (COLLAPSE_STD, "threshold")):
         ax[1, 0].axhline(v, color="grey", lw=0.8, ls=":")
-        ax[1, 0].text(0, v, lab, fontsize=8, va="bottom")
+        ax[1, 0].text(0, v, lab, fontsize=9, va="bottom")
     ax[1, 0].set_xlabel("step $t$")
     ax[1, 0].set_ylabel(r"std / mean of $\langle\mu^*, x\rangle$")
-    ax[1, 0].legend(fontsize=8)
+    ax[1, 0].legend(fontsize=9)
     ax[1, 1].set_yscale("log")
     ax[1, 1].set_xlabel("step $t$")
     ax[1, 1].set_ylabel(r"$\beta(t)$")
@@ -379,10 +379,11 @@ def plot_flow_heatmap(fg: FlowGrid):
     for i in range(len(B)):
         for j in range(len(T)):
             ax.text(j, i, f"{pc[i, j]:.2f}\n[{lo[i, j]:.2f}, {hi[i, j]:.2f}]", ha="center",
-                    va="center", fontsize=7, color="w" if pc[i, j] < 0.6 else "k")
+                    va="center", fontsize=9.5, color="w" if pc[i, j] < 0.6 else "k")
     ax.set_xlabel("annealing time $t_0$ (steps)")
     ax.set_ylabel(r"initial inverse temperature $\beta_i$")
     fig.colorbar(im, ax=ax, label="P(collapse)")
+    ax.grid(False)   # grid lines would cut through the cell numbers
     return fig
 
 
@@ -401,7 +402,7 @@ def plot_rate(fg: FlowGrid):
     ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
     ax.set_ylabel("P(collapse)")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return fig
 
 
@@ -417,10 +418,16 @@ def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray):
         a.set_yticks(range(len(B)), [f"{b:.3g}" for b in B])
         for i in range(len(B)):
             for j in range(len(T)):
-                a.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                # the flow's cells carry their Wilson 95% interval: differences smaller than it
+                # are not resolved
+                txt = f"{mat[i, j]:.2f}"
+                if mat is fg.pc:
+                    txt += f"\n[{fg.lo[i, j]:.2f}, {fg.hi[i, j]:.2f}]"
+                a.text(j, i, txt, ha="center", va="center", fontsize=8.5,
                        color="w" if mat[i, j] < 0.6 else "k")
         a.set_xlabel("$t_0$ (steps)")
         a.set_title(title)
+        a.grid(False)
     axs[0].set_ylabel(r"$\beta_i$")
     fig.colorbar(im, ax=axs, label="P(collapse)")
     return fig

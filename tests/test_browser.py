@@ -231,16 +231,64 @@ _INSPECT = r"""
     nContainers: document.querySelectorAll('mjx-container').length,
     rawDollars: text.includes('$$'),
     rawParens: text.includes('\\(') || text.includes('\\['),
+    // what a reader catches: Markdown tables printed as text, unrendered $math$, glue roles or
+    // unresolved references left in the text
+    pipeRows: (text.match(/(\|[^|\n]{1,120}){3,}\||\|\s*[-:\u2014\u2013]{3,}\s*\|/g) || []).slice(0, 3),
+    rawInline: (text.match(/\$[^$\s][^$\n]{0,80}\$/g) || []).slice(0, 3),
+    glueLeft: text.includes('{glue'),
+    unresolved: (text.match(/\?\?/g) || []).length,
     brokenImages: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
     nImages: imgs.length,
     links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+    ...geometry(),
   };
 })()
 """
 
+# layout checks, also run alone after a viewport or colour-scheme change
+_GEOMETRY = r"""
+function geometry() {
+  const article = document.querySelector('.bd-article') || document.body;
+  const col = article.clientWidth;
+  const wide = [...article.querySelectorAll('mjx-container[display="true"], table')]
+      .filter(e => e.offsetParent !== null && e.scrollWidth > col + 1)
+      .map(e => `${e.tagName.toLowerCase()} ${e.scrollWidth}px: ${(e.textContent || '').slice(0, 60)}`);
+  const imgs = [...article.querySelectorAll('img')].filter(i => i.clientWidth > 0);
+  const soft = imgs.filter(i => i.naturalWidth < 2 * i.clientWidth - 1)
+      .map(i => `${i.src.split('/').pop()} ${i.naturalWidth}px shown at ${i.clientWidth}px`);
+  const lum = c => { const m = c.match(/[\d.]+/g); if (!m) return null;
+      const [r, g, b, a] = m.map(Number); if (a === 0) return null;
+      return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; };
+  const bodyLum = lum(getComputedStyle(document.body).backgroundColor);
+  const invisible = imgs.filter(i => {
+      // a figure with transparent parts needs a light backing on a dark page
+      const c = document.createElement('canvas');
+      c.width = Math.min(64, i.naturalWidth); c.height = Math.min(64, i.naturalHeight);
+      const ctx = c.getContext('2d');
+      let d;
+      try { ctx.drawImage(i, 0, 0, c.width, c.height);
+            d = ctx.getImageData(0, 0, c.width, c.height).data; }
+      catch (e) { return false; }   // file:// pages taint the canvas: not checked there
+      let clear = 0; for (let k = 3; k < d.length; k += 4) if (d[k] < 250) clear++;
+      if (clear < 0.05 * d.length / 4) return false;       // opaque figure: always visible
+      let p = i, back = null;
+      while (p && back === null) { back = lum(getComputedStyle(p).backgroundColor); p = p.parentElement; }
+      return (back === null ? bodyLum : back) < 0.5;
+  }).map(i => i.src.split('/').pop());
+  return {columnWidth: col, viewportWidth: document.documentElement.clientWidth,
+          pageWidth: document.documentElement.scrollWidth, wide, soft, invisible,
+          bodyLum, theme: document.documentElement.dataset.theme || null,
+          hiddenImgs: [...article.querySelectorAll('img')]
+              .filter(i => i.naturalWidth > 0 && i.clientWidth === 0).map(i => i.src)};
+}
+"""
+_INSPECT = _GEOMETRY + _INSPECT
 
-def _open(cdp: CDP, url: str, screenshot: Path | None = None):
-    """Load ``url`` in a fresh tab; returns (page info, page errors, blocked requests)."""
+
+def _open(cdp: CDP, url: str, screenshot: Path | None = None, width: int = 1400,
+          mobile: bool = False, dark: bool = False):
+    """Load ``url`` in a fresh tab (viewport ``width`` CSS px, optionally as a phone and in dark
+    mode); returns (page info, page errors, blocked requests)."""
     target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     try:
@@ -249,6 +297,11 @@ def _open(cdp: CDP, url: str, screenshot: Path | None = None):
         for domain in ("Page", "Runtime", "Log"):
             cdp.call(f"{domain}.enable", session=session)
         cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]}, session)
+        cdp.call("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": mobile},
+                 session)
+        cdp.call("Emulation.setEmulatedMedia", {"features": [
+            {"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]}, session)
         cdp.call("Page.navigate", {"url": url}, session)
         cdp.wait_event("Page.loadEventFired", session)
         info = cdp.evaluate(_INSPECT, session)
@@ -256,8 +309,8 @@ def _open(cdp: CDP, url: str, screenshot: Path | None = None):
             # the whole page (capped), not only the first screen
             size = cdp.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
             cdp.call("Emulation.setDeviceMetricsOverride",
-                     {"width": 1280, "height": int(min(size["height"], 12000)),
-                      "deviceScaleFactor": 1, "mobile": False}, session)
+                     {"width": width, "height": int(min(size["height"], 12000)),
+                      "deviceScaleFactor": 1, "mobile": mobile}, session)
             shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session)
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
@@ -307,6 +360,13 @@ def test_page_in_browser(site, browser, page):
         assert info["nContainers"] >= info["nMath"]
     assert not info["rawDollars"], f"{page}: raw $$ in the visible text"
     assert not info["rawParens"], f"{page}: raw \\( or \\[ in the visible text"
+    assert not info["pipeRows"], f"{page}: Markdown table rows printed as text: {info['pipeRows']}"
+    assert not info["rawInline"], f"{page}: unrendered $math$ in the text: {info['rawInline']}"
+    assert not info["glueLeft"], f"{page}: a {{glue}} role left in the text"
+    assert not info["unresolved"], f"{page}: '??' (an unresolved reference) in the text"
+    assert not info["wide"], (f"{page}: wider than the {info['columnWidth']}px column at 1400px: "
+                              f"{info['wide']}")
+    assert not info["soft"], f"{page}: images below 2x their displayed width: {info['soft']}"
     bad = {}
     for href in info["links"]:
         url = urldefrag(href).url
@@ -339,3 +399,23 @@ def test_chapter_typesets_from_disk(site, browser):
     assert not blocked, blocked
     assert info["mathjax"] and info["nMath"] > 0 and info["nUntypeset"] == 0, info
     assert not [e for e in errors if "mathjax" in e.lower()], errors
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_on_a_phone_and_in_dark_mode(site, browser, page):
+    """400 px phone: nothing wider than the screen, figures shown; dark mode: every figure
+    stays visible (no transparent figure on a dark page). Screenshots are kept."""
+    html, base = site
+    stem = page.replace("/", "__").removesuffix(".html")
+    shots = html.parent / "screenshots"
+    info, errors, _ = _open(browser, base + page, screenshot=shots / f"{stem}__400px.png",
+                            width=400, mobile=True)
+    assert not errors, f"{page} (400px): page errors: {errors}"
+    assert info["pageWidth"] <= info["viewportWidth"] + 1, (
+        f"{page} (400px): page {info['pageWidth']}px wide, scrolls sideways")
+    assert not info["hiddenImgs"], f"{page} (400px): figures not shown: {info['hiddenImgs']}"
+    info, errors, _ = _open(browser, base + page, screenshot=shots / f"{stem}__dark.png",
+                            dark=True)
+    assert info["theme"] == "dark" and info["bodyLum"] is not None and info["bodyLum"] < 0.5, (
+        f"{page}: dark mode not applied ({info['theme']}, {info['bodyLum']})")
+    assert not info["invisible"], f"{page} (dark): figures that vanish: {info['invisible']}"

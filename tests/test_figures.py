@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 from annealvi_lib import figures, opening
 from annealvi_lib.config import DemoConfig, Problem, get_preset
 
-CH1 = {"ch1_tempered_marginals", "ch1_schedules", "ch1_opening_marginals", "ch1_variances"}
+CH1 = {"ch1_tempered_marginals", "ch1_schedules", "ch1_opening_marginals", "ch1_variances",
+       "ch1_final_overlaps"}
 # a tiny opening experiment (seconds): the cache logic does not depend on the sizes
 TINY = DemoConfig(problem=Problem(d=8, batch=8), n_iter_vanilla=5, n_iter_annealed=12, t0=8.0)
 
@@ -100,8 +101,58 @@ def test_every_chapter_1_figure_renders_and_saves(tmp_path, monkeypatch):
                    and ax.get_subplotspec().is_first_col()), name
         matplotlib.pyplot.close(fig)
         paths = figures.save(name, preset, tmp_path / "out")
-        assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+        assert sorted(p.suffix for p in paths) == [".csv", ".pdf", ".png"]
+        csv_text = next(p for p in paths if p.suffix == ".csv").read_text().splitlines()
+        assert csv_text[0].startswith("panel,x_label,y_label,series,kind") and len(csv_text) > 2
         png = next(p for p in paths if p.suffix == ".png")
         dpi = Image.open(png).info["dpi"]
         assert dpi[0] == pytest.approx(300, abs=1)
         assert next(p for p in paths if p.suffix == ".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_representative_runs_are_chosen_by_their_median_overlap():
+    """Chapter 1 shows, per arm, the run whose final s is the arm's median (failed runs out)."""
+    from types import SimpleNamespace
+
+    def arm(final_s, failed):
+        s = np.zeros((len(final_s), 3))
+        s[:, -1] = final_s
+        return SimpleNamespace(traj=SimpleNamespace(s=s), failed=np.asarray(failed))
+
+    runs = {"a": arm([0.9, -0.9, 0.5, np.nan], [False, False, False, True]),
+            "b": arm([-0.8, -0.7, 0.6, -0.9], [False] * 4)}
+    assert opening.representative_seeds(runs) == {"a": 2, "b": 0}
+
+
+def test_figure_data_reads_back_what_is_drawn(tmp_path):
+    """The CSV beside each figure holds the plotted numbers: lines, points, error bars, bands
+    and heat-map cells, with the panel title, axis labels and legend labels."""
+    import csv
+
+    from annealvi_lib.plotting import figure_data, write_figure_data
+
+    fig, (a, b) = matplotlib.pyplot.subplots(1, 2)
+    a.plot([1, 2, 3], [4, 5, 6], label="curve")
+    a.scatter([0.5], [0.25], label="dots")
+    a.errorbar([1.0], [0.5], yerr=[[0.1], [0.2]], fmt="o", label="mc")
+    a.fill_between([0, 1], [0, 0], [1, 1], alpha=0.2, label="band")
+    a.axvline(2.0)                                  # a reference line: not data
+    a.set_title("left")
+    a.set_xlabel("t")
+    b.pcolormesh(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    rows = figure_data(fig)
+    line = [(r["x"], r["y"]) for r in rows if r["kind"] == "line" and r["series"] == "curve"]
+    assert line == [(1.0, 4.0), (2.0, 5.0), (3.0, 6.0)]
+    assert all(r["panel"] == "left" and r["x_label"] == "t" for r in rows if r["series"] == "curve")
+    assert [(r["x"], r["y"]) for r in rows if r["kind"] == "point" and r["series"] == "dots"] \
+        == [(0.5, 0.25)]
+    (iv,) = [r for r in rows if r["kind"] == "interval"]
+    assert iv["x"] == 1.0 and iv["y_low"] == pytest.approx(0.4) and iv["y_high"] == pytest.approx(0.7)
+    assert any(r["kind"] == "band" and r["series"] == "band" for r in rows)
+    cells = sorted((r["row"], r["col"], r["value"]) for r in rows if r["kind"] == "cell")
+    assert cells == [(0, 0, 1.0), (0, 1, 2.0), (1, 0, 3.0), (1, 1, 4.0)]
+    assert not any(r["kind"] == "line" and r["x"] == 2.0 and r["series"] == "" for r in rows)
+    path = write_figure_data(fig, tmp_path / "f.csv")
+    back = list(csv.DictReader(open(path)))
+    assert len(back) == len(rows)
+    matplotlib.pyplot.close(fig)

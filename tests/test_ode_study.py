@@ -89,4 +89,4 @@ def test_chapter_2_figures_render(tmp_path, monkeypatch):
             assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None, name
         matplotlib.pyplot.close(fig)
     paths = figures.save("ch2_f_g_asymptotics", preset, tmp_path / "out")
-    assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+    assert sorted(p.suffix for p in paths) == [".csv", ".pdf", ".png"]
