@@ -229,35 +229,41 @@ def representative_seeds(runs: dict[str, OpeningRun]) -> dict[str, int]:
 
 
 def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | None = None):
-    """Final overlap ``s`` of every run of every arm (one dot per run, jittered), with the
-    collapse threshold ``s = 0`` and each arm's collapsed count; ``shown`` circles the runs drawn
-    in :func:`plot_opening_marginals`. Returns the figure."""
-    fig, ax = plt.subplots(figsize=(6.4, 2.4 + 0.3 * len(runs)))
-    rng = np.random.default_rng(0)          # jitter only: positions carry no information
+    """Final overlap ``s`` of every run of every arm (a seaborn swarm: one dot per run, laid out
+    deterministically), coloured by outcome, with the collapse threshold ``s = 0`` and each
+    arm's collapsed count; ``shown`` rings the runs drawn in :func:`plot_opening_marginals`.
+    Returns the figure."""
+    import pandas as pd
+    import seaborn as sns
+
     names = list(runs)
-    for i, name in enumerate(names):
+    rows = []
+    for name in names:
         run = runs[name]
         ok = ~np.asarray(run.failed, bool)
-        s = np.asarray(run.traj.s[:, -1], dtype=float)[ok]
-        y = i + rng.uniform(-0.18, 0.18, s.size)
-        col = np.where(s > 0, "#D55E00", "#0072B2")
-        ax.scatter(s, y, c=col, s=22, alpha=0.85, edgecolors="none")
-        if shown is not None and name in shown:
-            j = shown[name]
-            k = int(np.flatnonzero(ok).tolist().index(j)) if ok[j] else None
-            if k is not None:
-                ax.scatter([s[k]], [y[k]], s=110, facecolors="none", edgecolors="k", lw=1.2)
-        n_c = int(np.sum(s > 0))
-        ax.text(1.04, i, f"{n_c}/{s.size} collapsed", va="center", fontsize=9,
+        for s_end in np.asarray(run.traj.s[:, -1], dtype=float)[ok]:
+            rows.append({"arm": name, "s": s_end,
+                         "outcome": "collapsed (s > 0)" if s_end > 0 else "both modes covered"})
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6.6, 2.0 + 0.8 * len(names)))
+    palette = {"both modes covered": "#0072B2", "collapsed (s > 0)": "#D55E00"}
+    sns.swarmplot(data=df, x="s", y="arm", hue="outcome", order=names, palette=palette,
+                  hue_order=list(palette), size=4.0, ax=ax)
+    for i, name in enumerate(names):
+        n_ok = int((df["arm"] == name).sum())
+        n_c = int(((df["arm"] == name) & (df["s"] > 0)).sum())
+        ax.text(1.02, i, f"{n_c}/{n_ok} collapsed", va="center", fontsize=9,
                 transform=ax.get_yaxis_transform())
+        if shown is not None and name in shown:
+            ax.scatter([float(runs[name].traj.s[shown[name], -1])], [i], s=140,
+                       facecolors="none", edgecolors="k", lw=1.2, zorder=5,
+                       label="run shown above" if i == 0 else None)
     ax.axvline(0.0, color="0.3", lw=1, ls="--")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_ylabel("arm")
-    ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlim(-1.08, 1.08)
-    ax.set_xlabel(r"final overlap $s=\langle\mu_1,\mu_2\rangle/R^2$"
-                  "  (left: both modes covered; right of 0: collapsed)")
+    ax.set_ylabel("arm")
+    ax.set_xlabel(r"final overlap $s=\langle\mu_1,\mu_2\rangle/R^2$")
     ax.grid(axis="y", visible=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -89,7 +89,7 @@ def test_figures_list_names_every_figure_saved_by_the_notebooks():
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
     saved = set()
-    for nb in (ROOT / "notebooks").glob("*.md"):
+    for nb in [*(ROOT / "notebooks").glob("*.md"), ROOT / "book" / "intro.md"]:
         saved |= set(re.findall(r"""save_figure\(\s*[\w.\[\]"']+\s*,\s*["']([\w-]+)["']""",
                                 nb.read_text()))
     assert saved, "no save_figure(...) call found in the notebooks"
@@ -106,6 +106,9 @@ def test_figures_writes_pdf_and_png_and_reports_cache(tmp_path):
     for name in ("ch1_schedules", "ch1_tempered_marginals"):
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # the data beside the picture: one tidy row per plotted point
+        rows = (out / f"{name}.csv").read_text().splitlines()
+        assert rows[0].startswith("panel,x_label,y_label,series,kind,x,y") and len(rows) > 10
     assert f"cache: {cache.resolve()}" in proc.stderr
     # not attached to a terminal: no progress bar (tqdm would draw with carriage returns)
     assert "\r" not in proc.stderr and "figure/s" not in proc.stderr
