@@ -51,10 +51,10 @@ def main() -> int:
     key_file = build / ".exec_key"
     key = library_key()
     cache = build / ".jupyter_cache"
-    if not key_file.exists() or key_file.read_text() != key:
-        if cache.exists():
-            print(f"[build_book] library or preset changed: clearing {cache}")
-            shutil.rmtree(cache)
+    changed = not key_file.exists() or key_file.read_text() != key
+    if changed and cache.exists():
+        print(f"[build_book] library or preset changed: clearing {cache}")
+        shutil.rmtree(cache)
     # a per-build config whose execution cache lives inside this build folder, so that a
     # quick-preset build elsewhere (the test suite) never touches the main cache
     import yaml
@@ -73,6 +73,10 @@ def main() -> int:
     # relative to the book root, so pass it explicitly to keep cache and key side by side
     cmd = [str(jb), "build", str(ROOT), "--path-output", str(build.parent), "-W", "--keep-going",
            "--config", str(generated)]
+    if changed:
+        # Sphinx re-reads only pages whose source changed: with a new library or preset every
+        # page must be re-read (and so re-executed), or it would keep its stale outputs
+        cmd.append("--all")
     env = dict(os.environ)
     print("[build_book]", " ".join(cmd), f"(ANNEALVI_PRESET={env.get('ANNEALVI_PRESET', 'book')})")
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
