@@ -114,6 +114,12 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
     return fig
 
 
+def _exp10(x: float) -> str:
+    """The base-10 exponent of ``x`` for a label: one decimal, "0" rather than "-0.0"."""
+    k = round(float(np.log10(x)), 1)
+    return "0" if k == 0 else f"{k:.1f}"
+
+
 def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, ncols: int = 4):
     """Per-beta_i slices: measured probability (Wilson 95% bars) against ``t0``, with theories.
 
@@ -134,7 +140,7 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
                   dict(ls="-.", lw=1.3)]
         for c, sty, (name, pt) in zip(PALETTE, styles, theories.items()):
             ax.plot(t0s, pt[i], color=c, label=name, **sty)
-        ax.set_title(f"$\\beta_i R^2 = 10^{{{np.log10(b * R**2):.1f}}}$", fontsize=9)
+        ax.set_title(f"$\\beta_i R^2 = 10^{{{_exp10(b * R**2)}}}$", fontsize=9)
         ax.set_ylim(-0.03, 1.03)
     for ax in axes.flat[betas.size:]:
         ax.set_visible(False)
@@ -166,7 +172,7 @@ def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] 
         color = cmap(i / max(1, betas.size - 1))
         ax.errorbar(rate, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p], fmt="o",
                     ms=3, capsize=2, color=color,
-                    label=f"{label_prefix}$\\beta_iR^2=10^{{{np.log10(b * R**2):.1f}}}$")
+                    label=f"{label_prefix}$\\beta_iR^2=10^{{{_exp10(b * R**2)}}}$")
     for c, (name, (rate, p)) in zip(["k", "gray", PALETTE[1]], (curves or {}).items()):
         ax.plot(np.asarray(rate) - 1.0, p, "-", color=c, lw=1.5, label=name)
     ax.set_xscale("log")

@@ -314,8 +314,11 @@ def norms_overlap(rows: list[dict]) -> bool:
 def norm_verdict(rows: list[dict]) -> str:
     """One Markdown sentence on whether the normalisation changes the conclusions."""
     if norms_overlap(rows):
-        return ("The Wilson intervals of the two normalisations overlap in both cells: at this "
-                "sample size the choice does not change the conclusions.")
+        n = min(min(r[k]["n"] for k in NORM_CHOICES) for r in rows)
+        return ("The Wilson intervals of the two normalisations overlap in every cell, so the "
+                f"comparison is inconclusive: with {n} runs per cell only large differences "
+                "(about 0.35 or more) could be detected, and overlapping intervals are not "
+                "evidence that the normalisation has no effect.")
     return ("The intervals do **not** overlap in at least one cell: the normalisation matters "
             "there (see the numbers above).")
 
