@@ -23,6 +23,7 @@ __all__ = [
     "check_bool",
     "check_sequence",
     "check_shard",
+    "check_t0",
 ]
 
 #: Largest master seed (JAX keys take a 64-bit integer; we keep to unsigned 32 bits).
@@ -145,3 +146,11 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) ->
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_t0(name: str, value: Any) -> float:
+    """An annealing time in steps: ``0 < value <= MAX_STEPS``."""
+    t = check_positive(name, value)
+    if t > MAX_STEPS:
+        raise ValueError(f"{name} must be in (0, {MAX_STEPS}] steps, got {value!r}")
+    return t

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_npz_atomic", "load_npz", "source_hash"]
+__all__ = ["save_npz_atomic", "load_npz", "source_hash", "file_mode", "probe_writable"]
 
 
 def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
@@ -18,9 +18,7 @@ def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)      # an ordinary file's mode, not mkstemp's 0600
+    os.fchmod(fd, file_mode())        # an ordinary file's mode, not mkstemp's 0600
     os.close(fd)
     try:
         np.savez(tmp, **data)
@@ -28,6 +26,23 @@ def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def file_mode() -> int:
+    """The mode a newly created file gets (0666 less the umask), for atomic writes that go
+    through ``mkstemp`` (which creates 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and write (then remove) a temporary file in it; raises
+    ``OSError`` when that is impossible, so that a run fails before computing anything."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def load_npz(path: str | os.PathLike) -> dict | None:

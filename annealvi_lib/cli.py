@@ -163,7 +163,7 @@ def _check_out_dir(option: str, path: str, writable: bool = False) -> Path:
     """A folder that exists or can be created: not a file, not under a file (exit 2); with
     ``writable``, also created and probed now, so that an unwritable folder fails before any
     computation (exit 1, an I/O fault)."""
-    import tempfile
+    from .cache import probe_writable
 
     p = Path(path)
     for q in (p, *p.parents):
@@ -174,9 +174,7 @@ def _check_out_dir(option: str, path: str, writable: bool = False) -> Path:
             break
     if writable:
         try:
-            p.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=p):
-                pass
+            probe_writable(p)
         except OSError as exc:
             raise OSError(f"{option}: cannot write to {p}: {exc.strerror or exc}") from None
     return p

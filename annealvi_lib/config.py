@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_beta, check_bool, check_choice,
                         check_finite, check_int_at_least, check_int_range, check_open_unit,
-                        check_positive, check_sequence)
+                        check_positive, check_sequence, check_t0)
 
 __all__ = [
     "PRESET_NAMES",
@@ -49,9 +49,8 @@ class Problem:
     batch: int = 1024
 
     def __post_init__(self):
-        _normalise(self, d=lambda n, v: check_int_at_least(n, v, 2), R=check_positive,
-                   w_star=check_open_unit, lr=check_positive,
-                   batch=lambda n, v: check_int_at_least(n, v, 1))
+        _normalise(self, d=_int_at_least(2), R=check_positive, w_star=check_open_unit,
+                   lr=check_positive, batch=_int_at_least(1))
 
 
 def _normalise(obj, **checks) -> None:
@@ -73,16 +72,12 @@ def _seq(item_check, min_len=1):
     return lambda name, v: check_sequence(name, v, item_check, min_len=min_len)
 
 
-def _t0(name, v):
-    """An annealing time in steps: > 0 and at most MAX_STEPS."""
-    t = check_positive(name, v)
-    if t > MAX_STEPS:
-        raise ValueError(f"{name} must be in (0, {MAX_STEPS}] steps, got {v!r}")
-    return t
+
 
 
 def _log10(name, v):
-    """A finite base-10 exponent of a grid axis (|k| <= 30)."""
+    """A finite base-10 exponent of a grid axis (|k| <= 300; the betas it gives are checked
+    separately)."""
     k = check_finite(name, v)
     if abs(k) > 300:
         raise ValueError(f"{name} must be a base-10 exponent in [-300, 300], got {v!r}")
@@ -94,7 +89,7 @@ def _cell(name, v):
     pair = check_sequence(name, v)
     if len(pair) != 2:
         raise ValueError(f"{name} entries must be pairs (log10(beta_i R^2), t0), got {v!r}")
-    return (_log10(name, pair[0]), _t0(name, pair[1]))
+    return (_log10(name, pair[0]), check_t0(name, pair[1]))
 
 
 _SEED = _int_range(0, MAX_SEED)
@@ -116,7 +111,7 @@ def _check_betas(name, values):
 
 
 def _check_t0s(name, values):
-    return check_sequence(name, values, _t0)
+    return check_sequence(name, values, check_t0)
 
 
 def grid_beta(log10_value: float, scale: float) -> float:
@@ -141,7 +136,7 @@ class DemoConfig:
 
     def __post_init__(self):
         _check_problem(self)
-        _normalise(self, n_iter_vanilla=_STEPS, n_iter_annealed=_STEPS, t0=_t0,
+        _normalise(self, n_iter_vanilla=_STEPS, n_iter_annealed=_STEPS, t0=check_t0,
                    beta_i_factor=check_positive, covering_var_factor=check_positive, seed=_SEED)
         if self.beta_i_factor * self.problem.R**2 < 1:
             raise ValueError(f"beta_i_factor must be >= 1/R^2 = {1 / self.problem.R**2:.4g} "
@@ -178,9 +173,9 @@ class OdeCheckConfig:
 
     def __post_init__(self):
         _check_problem(self)
-        _normalise(self, beta_i_factor=check_positive, t0=_t0, n_iter=_STEPS, n_seeds=_N_SEEDS,
-                   seed=_SEED, scan_t0=_t0, scan_n_iter=_STEPS, scan_batch=_int_at_least(1),
-                   scan_d=_int_at_least(3), lag_beta_i=check_beta, lag_t0s=_seq(_t0),
+        _normalise(self, beta_i_factor=check_positive, t0=check_t0, n_iter=_STEPS, n_seeds=_N_SEEDS,
+                   seed=_SEED, scan_t0=check_t0, scan_n_iter=_STEPS, scan_batch=_int_at_least(1),
+                   scan_d=_int_at_least(3), lag_beta_i=check_beta, lag_t0s=_seq(check_t0),
                    lag_d=_int_at_least(3), lag_batch=_int_at_least(1),
                    dims=_seq(_int_at_least(2)), batches=_seq(_int_at_least(1)))
 
@@ -216,7 +211,7 @@ class GMMGridConfig:
 
     def __post_init__(self):
         _check_problem(self)
-        _normalise(self, log10_beta_r2=_seq(_log10), t0s=_seq(_t0), n_seeds=_N_SEEDS,
+        _normalise(self, log10_beta_r2=_seq(_log10), t0s=_seq(check_t0), n_seeds=_N_SEEDS,
                    n_iter_extra=_EXTRA, sampler=lambda n, v: check_choice(n, v, ("exact", "fast")),
                    seed=_SEED, validation_cells=_seq(_cell), validation_seeds=_N_SEEDS,
                    sensitivity_cells=_seq(_cell), sensitivity_batches=_seq(_int_at_least(1)),
@@ -262,7 +257,7 @@ class RealNVPGridConfig:
                    n_layers=_int_at_least(1), width=_int_at_least(1), depth=_int_at_least(1),
                    batch=_int_at_least(1), lr=check_positive,
                    log10_beta_9=_seq(_log10, min_len=0), include_beta_one=check_bool,
-                   t0s=_seq(_t0), n_seeds=_N_SEEDS, n_iter_extra=_EXTRA, seed=_SEED,
+                   t0s=_seq(check_t0), n_seeds=_N_SEEDS, n_iter_extra=_EXTRA, seed=_SEED,
                    norm=lambda n, v: check_choice(n, v, ("beta", "batch", "none")),
                    out_init_scale=_nonnegative, n_eval=_int_at_least(2),
                    seed_chunk=_int_at_least(0))

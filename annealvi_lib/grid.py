@@ -54,13 +54,13 @@ import numpy as np
 
 from . import __version__
 from ._rng import fast_threefry
-from .cache import load_npz, save_npz_atomic, source_hash
+from .cache import file_mode, load_npz, probe_writable, save_npz_atomic, source_hash
 from ._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
-                        check_shard)
+                        check_shard, check_t0)
 from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
 from .schedules import exp_schedule
-from .seeding import cell_id, lanes, run_keys
+from .seeding import cell_id, lanes, padded_blocks, run_keys
 from .metrics import wilson_interval
 from .student import Hyper, classify_collapse, variance_limit
 
@@ -92,9 +92,11 @@ ID_COLUMNS = ("study", "grid_id")
 MAX_LANES = {"fast": 64, "exact": 1}
 
 
+GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")
+
+
 class CacheError(OSError):
     """The results cache cannot be written (read-only, a file in the way, ...)."""
-GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")
 
 
 class GridResult(NamedTuple):
@@ -110,25 +112,20 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         return None
     try:
         k_str, n_str = str(text).split("/")
-        k, n = int(k_str), int(n_str)
+        return check_shard((int(k_str), int(n_str)))
     except ValueError:
         raise ValueError(f"shard must look like k/n with integers 0 <= k < n, got {text!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise ValueError(f"shard must look like k/n with integers 0 <= k < n, got {text!r}")
-    return k, n
 
 
 def check_cells(cells) -> list[tuple[float, float]]:
     """Validate explicit ``(beta_i, t0)`` cells: beta_i in (0, 1], t0 > 0 (at most MAX_STEPS)."""
-    from .config import _t0
-
     out = []
     for c in cells:
         try:
             b, t = c
         except (TypeError, ValueError):
             raise ValueError(f"cells must be (beta_i, t0) pairs, got {c!r}") from None
-        out.append((check_beta("beta_i", b), _t0("t0", t)))
+        out.append((check_beta("beta_i", b), check_t0("t0", t)))
     if not out:
         raise ValueError("cells must hold at least one (beta_i, t0) pair")
     # cells are identified by 12 significant digits (seeding.cell_id): two entries that agree
@@ -236,15 +233,14 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
     for beta_i, _ in cells:
         keys = run_keys(master_seed, ("gmm", beta_i, t0), np.arange(n))
         outs = []
-        for start in range(0, n, width):
-            idx = np.arange(start, start + width).clip(max=n - 1)   # pad with the last run
+        for idx, keep in padded_blocks(n, width):
             with fast_threefry():
                 res = _gmm_runs_jit(keys[idx], jnp.full(width, beta_i, jnp.float32),
                                     jnp.full(width, t0, jnp.float32), target_d=p.d, R=p.R,
                                     w_star=p.w_star, n_iter=n_iter, hyper=hyper, sampler=sampler)
-            outs.append(np.stack([np.asarray(a) for a in res], axis=-1)[: min(width, n - start)])
+            outs.append(np.stack([np.asarray(a) for a in res], axis=-1)[:keep])
             if on_block is not None:
-                on_block(min(width, n - start) * n_iter)
+                on_block(keep * n_iter)
         m1, m2, s, v1, v2, lo, hi = np.concatenate(outs).T
         # diverged: a variance left the physical range at any step (see variance_limit)
         collapsed, failed = (np.asarray(a) for a in classify_collapse(
@@ -257,9 +253,6 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
 # --------------------------------------------------------------------------------------------
 # cache
 # --------------------------------------------------------------------------------------------
-
-_ID_KEYS = ("_study", "_grid_id", "_beta_i", "_t0", "_n_seeds")
-
 
 def _cell_path(root: Path, cell) -> Path:
     return root / f"cell_{cell_id(*cell):010d}.npz"
@@ -300,10 +293,7 @@ def _save_cell(path: Path, data: dict, identity: dict) -> None:
 def _check_writable(root: Path) -> None:
     """Fail before any computation when the cache folder cannot be created or written."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".probe")
-        os.close(fd)
-        os.remove(tmp)
+        probe_writable(root)
     except OSError as exc:
         raise CacheError(f"cannot write the results cache {root}: {exc.strerror or exc} "
                          "(choose another --cache-dir or $ANNEALVI_CACHE)") from None
@@ -581,7 +571,7 @@ def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -
 def _write_rows(path: Path, columns, rows) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.csv")
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(columns))
             w.writeheader()
@@ -592,14 +582,6 @@ def _write_rows(path: Path, columns, rows) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _file_mode() -> int:
-    """The mode a newly created file gets (0666 less the umask), for the atomic writes that
-    go through mkstemp (which creates 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def read_grid_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:

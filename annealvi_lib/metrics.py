@@ -139,12 +139,12 @@ def run_summary(proj, log_w, threshold: float = COLLAPSE_STD, max_std: float = m
     if proj.ndim != 2 or log_w.shape != proj.shape:
         raise ValueError(f"proj and log_w must both have shape (runs, n), got {proj.shape}, "
                          f"{log_w.shape}")
-    failed = failed_runs(proj, log_w)
     with np.errstate(invalid="ignore", over="ignore"):
-        failed = failed | (proj.std(axis=-1) > max_std) | (-log_w.mean(axis=-1) > max_kl)
-        std = np.where(failed, np.nan, proj.std(axis=-1))
+        std_all, kl_all = proj.std(axis=-1), -log_w.mean(axis=-1)
+        failed = failed_runs(proj, log_w) | (std_all > max_std) | (kl_all > max_kl)
+        std = np.where(failed, np.nan, std_all)
         mean = np.where(failed, np.nan, proj.mean(axis=-1))
-        kl = np.where(failed, np.nan, -log_w.mean(axis=-1))
+        kl = np.where(failed, np.nan, kl_all)
     collapsed, _ = collapse_flags(std, threshold)
     return {"collapsed": collapsed, "failed": failed, "proj_std": std, "proj_mean": mean,
             "mass_plus": np.where(failed, np.nan, mass_plus(proj)),

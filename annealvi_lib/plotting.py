@@ -14,8 +14,8 @@ import numpy as np
 
 from .paths import figures_dir
 
-__all__ = ["PALETTE", "SCHEDULE_LABELS", "SCHEDULE_STYLES", "set_style", "save_figure", "figure_data", "write_figure_data",
-           "DATA_COLUMNS"]
+__all__ = ["PALETTE", "SCHEDULE_LABELS", "SCHEDULE_STYLES", "DATA_COLUMNS", "set_style",
+           "save_figure", "figure_data", "write_figure_data"]
 
 #: Okabe-Ito colour-blind-safe palette, ordered so that neighbours differ in hue (orange comes
 #: after sky blue, far from vermillion) and without its yellow, which does not show on white.

@@ -519,16 +519,14 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
     keys = run_keys(int(master_seed), ("realnvp", float(beta_i), float(t0)), reps)
     # every chunk has the same width, balanced over the replicates (the last one padded by
     # repeating its last run, then dropped): every run goes through one compiled program
-    from .seeding import lanes
+    from .seeding import lanes, padded_blocks
 
     chunk = lanes(reps.size, int(getattr(cfg, "seed_chunk", 0)) or reps.size)
     projs, lws = [], []
-    for a in range(0, reps.size, chunk):
-        idx = np.arange(a, a + chunk).clip(max=reps.size - 1)
+    for idx, keep in padded_blocks(reps.size, chunk):
         _, _, fin = train_seeds(keys[idx], spec, schedule, n_iter, target=target,
                                 batch=cfg.batch, lr=cfg.lr, record_every=n_iter,
                                 n_eval=int(getattr(cfg, "n_eval", 4096)))
-        keep = min(chunk, reps.size - a)
         projs.append(np.asarray(fin.proj)[:keep])
         lws.append(np.asarray(fin.log_w)[:keep])
     limits = divergence_limits(cfg.d, cfg.R, cfg.w_star, float(schedule(n_iter)))

@@ -61,7 +61,7 @@ import numpy as np
 
 from ._rng import fast_threefry
 from ._validate import check_int_at_least, check_positive
-from .seeding import lanes
+from .seeding import lanes, padded_blocks
 from .schedules import Schedule
 from .student import WEIGHTS, Hyper, Trajectory, init_student, summary_stats
 from .targets import Target, log_partition
@@ -465,12 +465,10 @@ def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: 
     b = np.ascontiguousarray(b)
     v = np.asarray(v, np.float32)
     parts = []
-    for start in range(0, n_seeds, width):
-        idx = np.arange(start, start + width).clip(max=n_seeds - 1)   # pad with the last run
+    for idx, keep in padded_blocks(n_seeds, width):
         with fast_threefry():
             out = _simulate_betas_jit(init_keys[idx], noise_keys[idx], target,
                                       jnp.asarray(b[idx]), jnp.asarray(v[idx]), hyper, record)
-        keep = min(width, n_seeds - start)
         parts.append(jax.tree.map(lambda a: a[:keep], out))
     if len(parts) == 1:
         return parts[0]

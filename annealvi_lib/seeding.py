@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["cell_id", "run_keys", "lanes"]
+__all__ = ["cell_id", "run_keys", "lanes", "padded_blocks"]
 
 
 def cell_id(*values) -> int:
@@ -52,3 +52,12 @@ def lanes(n_seeds: int, max_lanes: int) -> int:
     configuration only, so every run of a grid uses one program shape."""
     n_blocks = -(-n_seeds // max_lanes)
     return -(-n_seeds // n_blocks)
+
+
+def padded_blocks(n: int, width: int):
+    """Cover runs ``0 .. n-1`` with blocks of exactly ``width`` indices, the last one padded by
+    repeating ``n - 1``: yields ``(idx, keep)`` with ``idx`` of shape (width,) and ``keep`` the
+    number of leading entries that are real runs. Every block has the same shape, so one
+    compiled program serves all of them."""
+    for start in range(0, n, width):
+        yield np.arange(start, start + width).clip(max=n - 1), min(width, n - start)
