@@ -14,8 +14,8 @@ import numpy as np
 from .plotting import PALETTE
 from .schedules import annealing_rate
 
-__all__ = ["summary_arrays", "z_scores", "agreement_table", "markdown_table", "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability",
-           "plot_vs_rate"]
+__all__ = ["summary_arrays", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
+           "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability", "plot_vs_rate"]
 
 
 def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -148,37 +148,75 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
         ax.set_xlabel("$t_0$ (steps)")
     for ax in axes[:, 0]:
         ax.set_ylabel(r"$P_{\rm collapse}$")
-    axes.flat[0].legend(fontsize=9, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.1 if nrows > 1 else 0.16, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9,
+               frameon=False)                      # below the panels, off the data
     return fig
 
 
+#: One marker per row of a rate plot, so that rows stay apart where their colours are close.
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
+#: Row colours of a rate plot: the palette without black (black is the theory curve) plus grey.
+_ROW_COLOURS = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f"]
+
+
+def _rate_rows(ax, arrays, rows, curves, R, label_prefix):
+    """Draw the rows ``rows`` of ``arrays`` against the annealing rate on ``ax`` (colours and
+    markers by position in the whole grid), plus the overlay ``curves``."""
+    betas, t0s = arrays["beta_is"], arrays["t0s"]
+    for i in rows:
+        b = betas[i]
+        rate = annealing_rate(b, t0s) - 1.0
+        p = arrays["p_collapse"][i]
+        ax.errorbar(rate, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p],
+                    fmt=_MARKERS[i % len(_MARKERS)], ms=4, capsize=2, lw=1,
+                    color=_ROW_COLOURS[i % len(_ROW_COLOURS)],
+                    label=f"{label_prefix}$\\beta_iR^2=10^{{{_exp10(b * R**2)}}}$")
+    for c, (name, (rate, pc)) in zip(["k", "gray", PALETTE[1]], (curves or {}).items()):
+        ax.plot(np.asarray(rate) - 1.0, pc, "-", color=c, lw=1.6, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
+
+
 def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 R: float = 3.0, ax=None, label_prefix: str = ""):
+                 R: float = 3.0, ax=None, label_prefix: str = "", beta_c: float | None = None):
     """Measured collapse probability against the annealing rate ``beta_i**(-1/t0)``.
 
     Args:
+      arrays: output of :func:`summary_arrays`.
       curves: name -> (rate, p) lines to overlay (e.g. the hot-start master curve).
+      beta_c: if given (and ``ax`` is not), two panels: the rows with ``beta_i < beta_c``, where
+        the hot-start limit applies, and the colder rows; each row has its own colour and marker
+        and the legend sits beside the panels, off the data.
     """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.2, 4.0))
-    else:
+    betas = arrays["beta_is"]
+    rows = list(range(betas.size))
+    if ax is not None or beta_c is None:
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6.2, 4.0))
         fig = ax.figure
-    betas, t0s = arrays["beta_is"], arrays["t0s"]
-    cmap = plt.get_cmap("viridis")
-    for i, b in enumerate(betas):
-        rate = annealing_rate(b, t0s) - 1.0
-        p = arrays["p_collapse"][i]
-        color = cmap(i / max(1, betas.size - 1))
-        ax.errorbar(rate, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p], fmt="o",
-                    ms=3, capsize=2, color=color,
-                    label=f"{label_prefix}$\\beta_iR^2=10^{{{_exp10(b * R**2)}}}$")
-    for c, (name, (rate, p)) in zip(["k", "gray", PALETTE[1]], (curves or {}).items()):
-        ax.plot(np.asarray(rate) - 1.0, p, "-", color=c, lw=1.5, label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
-    ax.set_ylabel(r"$P_{\rm collapse}$")
-    ax.legend(fontsize=9, ncol=2)
+        _rate_rows(ax, arrays, rows, curves, R, label_prefix)
+        ax.set_ylabel(r"$P_{\rm collapse}$")
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
+    hot = [i for i in rows if betas[i] < beta_c]
+    cold = [i for i in rows if betas[i] >= beta_c]
+    groups = [(g, t) for g, t in ((hot, r"$\beta_i<\beta_c$ (hot starts)"),
+                                  (cold, r"$\beta_i\geq\beta_c$")) if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups) + 1.6, 3.8),
+                             sharey=True, sharex=True, squeeze=False)
+    for ax_, (g, title) in zip(axes[0], groups):
+        _rate_rows(ax_, arrays, g, curves, R, label_prefix)
+        ax_.set_title(title, fontsize=10)
+    axes[0, 0].set_ylabel(r"$P_{\rm collapse}$")
+    by_label = {}
+    for ax_ in axes[0]:
+        for h, lab in zip(*ax_.get_legend_handles_labels()):
+            by_label.setdefault(lab, h)
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    fig.legend(list(by_label.values()), list(by_label), loc="center left",
+               bbox_to_anchor=(0.78, 0.5), fontsize=9, frameon=False)
     return fig
 
 
@@ -206,33 +244,90 @@ def plot_mechanism(trajs: dict, beta_c: float, lr: float):
 
 def plot_stability(betas, a_rot, lam_rel, a_asym, R: float, beta_c: float, alpha_paper: float):
     """Growth rate of the rotation mode and the relative eigenvalue of the antipodal state against
-    beta, with the derived beta_c and the paper's alpha / R^2."""
-    fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    beta R^2 (left, log axis), and a linear zoom around the sign change of the relative
+    eigenvalue (right), where the derived alpha = beta_c R^2 and the paper's alpha are a few
+    percent apart and would coincide on the log axis."""
     x = np.asarray(betas) * R**2
-    ax.plot(x, a_rot, label="rotation mode $a$ (growth of $m_1-m_2$)")
-    ax.plot(x, a_asym, "--", label=r"$R\sqrt{\beta}/\sqrt{2\pi}$")
-    ax.plot(x, lam_rel, label=r"relative mode $\lambda_{\rm rel}$ (leaving $s=-1$)")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.axvline(beta_c * R**2, color="gray", ls=":", label=fr"derived $\alpha={beta_c * R**2:.3f}$")
-    ax.axvline(alpha_paper, color="gray", ls="-.", label=fr"paper $\alpha={alpha_paper}$")
+    a_rot, lam_rel, a_asym = (np.asarray(v, float) for v in (a_rot, lam_rel, a_asym))
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(9.6, 3.6),
+                                   gridspec_kw=dict(width_ratios=(1.5, 1)))
+    alpha_d = beta_c * R**2
+    lines = [dict(color=PALETTE[0], lw=2.4, ls="-", label="rotation mode $a$ (growth of $m_1-m_2$)"),
+             dict(color="k", lw=1.2, ls=":", label=r"asymptote $R\sqrt{\beta}/\sqrt{2\pi}$"),
+             dict(color=PALETTE[2], lw=1.8, ls="--",
+                  label=r"relative mode $\lambda_{\rm rel}$ (leaving $s=-1$)")]
+    vlines = [(alpha_d, dict(color=PALETTE[1], ls="-.", lw=1.3,
+                             label=fr"derived $\alpha={alpha_d:.3f}$")),
+              (alpha_paper, dict(color=PALETTE[3], ls=(0, (4, 1.5)), lw=1.3,
+                                 label=fr"paper $\alpha={alpha_paper}$"))]
+    near = (x >= 0.5 * alpha_d) & (x <= 1.6 * alpha_d)
+    for a_, sel in ((ax, slice(None)), (zoom, near)):
+        for y, sty in zip((a_rot, a_asym, lam_rel), lines):
+            a_.plot(x[sel], y[sel], **sty)
+        a_.axhline(0, color="0.4", lw=0.8)
+        for xv, sty in vlines:
+            a_.axvline(xv, **sty)
+        a_.set_xlabel(r"$\beta R^2$")
     ax.set_xscale("log")
-    ax.set_xlabel(r"$\beta R^2$")
     ax.set_ylabel(r"eigenvalue (per unit $\tau$)")
-    ax.legend(fontsize=9)
+    zoom.set_title(r"zoom on the sign change of $\lambda_{\rm rel}$", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
     return fig
 
 
-def markdown_table(rows: Sequence[dict], digits: int = 3) -> str:
-    """Render a list of dicts (same keys) as a Markdown table, floats rounded to ``digits``."""
+#: Reader-facing column names (and number formats) of the tables of chapters 3 and 4; keys not
+#: listed keep their name and the default format.
+TABLE_COLUMNS = {
+    "theory": ("theory", None), "cells": ("cells", "{:d}"),
+    "mean_abs_dp": (r"mean $\lvert\Delta p\rvert$", "{:.3f}"),
+    "max_abs_dp": (r"max $\lvert\Delta p\rvert$", "{:.3f}"),
+    "mean_z": ("mean $z$ (SE)", "{:.2f}"), "max_z": ("max $z$ (SE)", "{:.1f}"),
+    "frac_within_2se": ("within 2 SE", "{:.0%}"),
+    "log10(beta_i R^2)": (r"$\log_{10}\beta_iR^2$", "{:g}"), "t0": ("$t_0$", "{:g}"),
+    "fast": ("reduced: collapsed", None), "exact": ("exact: collapsed", None),
+    "fast 95% CI": ("reduced: 95% CI", None), "exact 95% CI": ("exact: 95% CI", None),
+    "|dp|": (r"$\lvert\Delta p\rvert$", "{:.3f}"),
+    "|dp|/SE": (r"$\lvert\Delta p\rvert$ / SE", "{:.2f}"),
+    "B": ("$B$", "{:g}"), "steps after t0": ("steps after $t_0$", "{:g}"),
+    "p_collapse": (r"$P_{\rm collapse}$", "{:.2f}"), "ci_low": ("95% CI low", "{:.2f}"),
+    "ci_high": ("95% CI high", "{:.2f}"), "closed form": ("closed form", "{:.3f}"),
+}
+
+
+def markdown_table(rows: Sequence[dict], digits: int = 3,
+                   columns: dict[str, tuple[str, str | None]] | None = None) -> str:
+    """Render a list of dicts (same keys) as a Markdown table.
+
+    Args:
+      rows: the table rows.
+      digits: decimals of floats without a format of their own; a float with an integral value
+        is printed as an integer (``200``, not ``200.000``).
+      columns: key -> (header, format such as ``"{:.2f}"`` or ``None``), default
+        :data:`TABLE_COLUMNS`; keys not listed keep their name.
+    """
     if not rows:
         return ""
+    columns = TABLE_COLUMNS if columns is None else columns
     cols = list(rows[0].keys())
 
-    def fmt(v):
+    def fmt(v, spec=None):
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if spec is not None and isinstance(v, (int, float, np.integer, np.floating)):
+            if spec == "{:d}":
+                v = int(v)
+            return spec.format(v)
         if isinstance(v, (float, np.floating)):
-            return f"{float(v):.{digits}f}"
+            v = float(v)
+            return f"{int(v)}" if v.is_integer() and abs(v) < 1e15 else f"{v:.{digits}f}"
         return str(v).replace("|", "\\|")       # a pipe inside a cell would split it
 
-    lines = ["| " + " | ".join(fmt(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    def head(c):
+        return columns.get(c, (c, None))[0].replace("|", "\\|")
+
+    lines = ["| " + " | ".join(head(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c], columns.get(c, (c, None))[1]) for c in cols) + " |"
+              for r in rows]
     return "\n".join(lines)

@@ -250,11 +250,52 @@ def hot_start_curve(G: GMMGridConfig):
             (rates, C.hot_start_probability(rates, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))}
 
 
+class RateAgreement(NamedTuple):
+    """How the measured cells sit against the hot-start master curve (binomial z-scores, see
+    :func:`annealvi_lib.collapse_plots.z_scores`).
+
+    ``n_hot``/``hot_within``: cells with beta_i < beta_c and those within 2 SE of the curve;
+    ``hot_worst``: (log10 beta_i R^2, t0, measured, curve, z) of the hot cell farthest from it;
+    ``n_cold``/``cold_above``: cells with beta_i >= beta_c and those more than 2 SE above it.
+    """
+
+    n_hot: int
+    hot_within: int
+    hot_worst: tuple
+    n_cold: int
+    cold_above: int
+
+
+def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
+    """Compare every cell of the grid ``A`` with the hot-start curve at its own rate."""
+    from .collapse_plots import z_scores
+    from .schedules import annealing_rate
+
+    p = G.problem
+    beta_c = C.critical_beta(p.R, p.w_star)
+    BB, TT = np.meshgrid(A["beta_is"], A["t0s"], indexing="ij")
+    curve = C.hot_start_probability(annealing_rate(BB, TT), d=p.d, R=p.R, w_star=p.w_star,
+                                    lr=p.lr)
+    n_ok = A["n_runs"] - A["n_failed"]
+    z = z_scores(A["n_collapsed"], n_ok, curve)
+    hot, cold = BB < beta_c, BB >= beta_c
+    worst = (math.nan, math.nan, math.nan, math.nan, math.nan)
+    if hot.any():
+        zh = np.where(hot, z, -np.inf)
+        i, j = np.unravel_index(np.argmax(zh), z.shape)
+        worst = (float(np.log10(BB[i, j] * p.R**2)), float(TT[i, j]), float(A["p_collapse"][i, j]),
+                 float(curve[i, j]), float(z[i, j]))
+    above = (A["p_collapse"] > curve) & (z > 2)
+    return RateAgreement(int(hot.sum()), int((hot & (z <= 2)).sum()), worst, int(cold.sum()),
+                         int((cold & above).sum()))
+
+
 @register("ch3_rate", chapter=3, description="collapse probability against the annealing rate")
 def fig_rate(preset: Preset):
     G = preset.gmm_grid
     A, _ = mc_grid(G, workers=default_workers(preset.name))
-    return plot_vs_rate(A, hot_start_curve(G), R=G.problem.R)
+    return plot_vs_rate(A, hot_start_curve(G), R=G.problem.R,
+                        beta_c=C.critical_beta(G.problem.R, G.problem.w_star))
 
 
 @register("ch3_batch", chapter=3, description="collapse probability against the batch size B")

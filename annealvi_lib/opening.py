@@ -1,10 +1,12 @@
 """Chapter 1's opening experiment: vanilla VI, vanilla VI from a covering init, annealed VI.
 
-Paper protocol (DESIGN 3 and issue 2): d = 128, R = 3, w* = 0.8; vanilla runs use beta = 1 for
-100 steps from sigma^2(0) = 1 ("standard") or sigma^2(0) = 10 R^2 ("covering"); the annealed run
-uses the exponential schedule from beta_i = 1/(10 R^2) with t0 = 700 for 800 steps and
-sigma^2(0) = 1/beta_i. Every run is repeated over ``n_seeds`` seeds (vmapped) so that the chapter
-can report collapse frequencies, not anecdotes.
+Paper protocol (DESIGN 3 and issue 2): d = 128, R = 3, w* = 0.8; vanilla runs use beta = 1 from
+sigma^2(0) = 1 ("standard") or sigma^2(0) = 10 R^2 ("covering"); the annealed run uses the
+exponential schedule from beta_i = 1/(10 R^2) with t0 = 700 for 800 steps and
+sigma^2(0) = 1/beta_i. The paper stops the vanilla runs after 100 steps; the book runs them for
+``DemoConfig.n_iter_vanilla`` steps (400) because at 100 the covering arm has not decided yet
+(:func:`outcome_counts` reports both times). Every run is repeated over ``n_seeds`` seeds
+(vmapped) so that the chapter can report collapse frequencies, not anecdotes.
 """
 
 from __future__ import annotations
@@ -31,9 +33,18 @@ from .targets import make_target
 __all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_cache_path",
            "cached_opening_experiment", "marginal_along_mu_star", "student_marginal",
            "plot_tempered_marginals", "plot_schedules", "plot_opening_marginals", "plot_variances",
-           "representative_seeds", "plot_final_overlaps"]
+           "representative_seeds", "plot_final_overlaps", "outcome_counts", "SETTLED_S",
+           "PAPER_VANILLA_STEPS"]
 
 ARMS = ("vanilla", "covering", "annealed")
+
+#: A run has *settled* when its overlap is this close to one of the two outcomes, |s| >= 0.9
+#: (collapsed runs approach s = +1, covering runs s = -1); in between it is still undecided, and
+#: its sign at that moment is a coin flip rather than an outcome.
+SETTLED_S = 0.9
+
+#: Length of the paper's vanilla runs (its opening figure).
+PAPER_VANILLA_STEPS = 100
 
 
 class OpeningRun(NamedTuple):
@@ -228,32 +239,55 @@ def representative_seeds(runs: dict[str, OpeningRun]) -> dict[str, int]:
     return out
 
 
+def outcome_counts(run: OpeningRun, step: int = -1) -> dict[str, int]:
+    """Outcome of every run of one arm at ``step`` (default: the end): ``collapsed`` (s >= 0.9),
+    ``covered`` (s <= -0.9), ``undecided`` (|s| < 0.9, see :data:`SETTLED_S`), ``failed`` (not
+    finite), and ``sign_collapsed`` (s > 0, the classification used everywhere else; it counts
+    undecided runs by the sign they happen to have)."""
+    s = np.asarray(run.traj.s[:, step], dtype=float)
+    ok = np.isfinite(s)
+    return {"collapsed": int((s[ok] >= SETTLED_S).sum()),
+            "covered": int((s[ok] <= -SETTLED_S).sum()),
+            "undecided": int((np.abs(s[ok]) < SETTLED_S).sum()),
+            "failed": int((~ok).sum()), "sign_collapsed": int((s[ok] > 0).sum()),
+            "n": int(ok.sum())}
+
+
 def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | None = None):
     """Final overlap ``s`` of every run of every arm (a seaborn swarm: one dot per run, laid out
-    deterministically), coloured by outcome, with the collapse threshold ``s = 0`` and each
-    arm's collapsed count; ``shown`` rings the runs drawn in :func:`plot_opening_marginals`.
-    Returns the figure."""
+    deterministically), coloured by outcome (collapsed, both modes covered, or still undecided:
+    :data:`SETTLED_S`), with the collapse threshold ``s = 0`` and each arm's counts; ``shown``
+    rings the runs drawn in :func:`plot_opening_marginals`. Returns the figure."""
     import pandas as pd
     import seaborn as sns
 
     names = list(runs)
+    labels = {"covered": "both modes covered ($s\\leq-0.9$)",
+              "collapsed": "collapsed ($s\\geq0.9$)",
+              "undecided": "undecided ($|s|<0.9$)"}
     rows = []
     for name in names:
         run = runs[name]
         ok = ~np.asarray(run.failed, bool)
         for s_end in np.asarray(run.traj.s[:, -1], dtype=float)[ok]:
-            rows.append({"arm": name, "s": s_end,
-                         "outcome": "collapsed (s > 0)" if s_end > 0 else "both modes covered"})
+            kind = ("collapsed" if s_end >= SETTLED_S else "covered" if s_end <= -SETTLED_S
+                    else "undecided")
+            rows.append({"arm": name, "s": s_end, "outcome": labels[kind]})
     df = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.6, 2.0 + 0.8 * len(names)))
-    palette = {"both modes covered": "#0072B2", "collapsed (s > 0)": "#D55E00"}
+    # settled runs pile up at s = +-1: give each arm's swarm the height its largest pile needs
+    n_max = max(int((~np.asarray(runs[name].failed, bool)).sum()) for name in names)
+    fig, ax = plt.subplots(figsize=(6.6, 1.6 + len(names) * max(0.8, 0.08 * n_max)))
+    palette = {labels["covered"]: "#0072B2", labels["collapsed"]: "#D55E00",
+               labels["undecided"]: "#7f7f7f"}
+    present = [k for k in palette if (df["outcome"] == k).any()]
     sns.swarmplot(data=df, x="s", y="arm", hue="outcome", order=names, palette=palette,
-                  hue_order=list(palette), size=4.0, ax=ax)
+                  hue_order=present, size=3.5, ax=ax)
     for i, name in enumerate(names):
-        n_ok = int((df["arm"] == name).sum())
-        n_c = int(((df["arm"] == name) & (df["s"] > 0)).sum())
-        ax.text(1.02, i, f"{n_c}/{n_ok} collapsed", va="center", fontsize=9,
-                transform=ax.get_yaxis_transform())
+        c = outcome_counts(runs[name])
+        text = f"{c['sign_collapsed']}/{c['n']} collapsed"
+        if c["undecided"]:
+            text += f"\n({c['undecided']} undecided)"
+        ax.text(1.02, i, text, va="center", fontsize=9, transform=ax.get_yaxis_transform())
         if shown is not None and name in shown:
             ax.scatter([float(runs[name].traj.s[shown[name], -1])], [i], s=140,
                        facecolors="none", edgecolors="k", lw=1.2, zorder=5,
@@ -263,7 +297,7 @@ def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | Non
     ax.set_ylabel("arm")
     ax.set_xlabel(r"final overlap $s=\langle\mu_1,\mu_2\rangle/R^2$")
     ax.grid(axis="y", visible=False)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=9, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -313,21 +347,31 @@ def plot_opening_marginals(runs: dict[str, OpeningRun], R: float, w_star: float,
 
 
 def plot_variances(run: OpeningRun):
-    """Variance dynamics of the annealed arm against the equilibrium 1/beta (all seeds)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """Variance dynamics of the annealed arm (all seeds, both components pooled: with equal
+    weights they are exchangeable). Top: sigma_k^2 against the equilibrium 1/beta on a log
+    scale. Bottom: the relative lag beta sigma_k^2 - 1 on a linear scale, where the gap that
+    the log axis hides is visible. Median and 5-95% band over seeds and components."""
     tr = run.traj
     t = np.arange(tr.s.shape[1])
-    # sigma_1^2 wide and solid under sigma_2^2 dashed: with equal weights they coincide, and
-    # both stay visible
-    for (k, v), sty in zip(((1, tr.var1), (2, tr.var2)), (dict(lw=3.0, ls="-"),
-                                                        dict(lw=1.4, ls="--"))):
-        lo, med, hi = np.percentile(v, [5, 50, 95], axis=0)
-        line, = ax.plot(t, med, label=f"$\\sigma_{k}^2$ (median over seeds)", **sty)
-        ax.fill_between(t, lo, hi, color=line.get_color(), alpha=0.25,
-                        label=f"$\\sigma_{k}^2$ 5-95% band")
-    ax.plot(t, 1.0 / tr.beta[0], "k--", lw=1, label=r"$1/\beta(t)$")
-    ax.set_yscale("log")
-    ax.set_xlabel("step $t$")
-    ax.set_ylabel(r"variance $\sigma_k^2$")
-    ax.legend(fontsize=9)
+    pooled = np.concatenate([tr.var1, tr.var2], axis=0)            # (2 n_seeds, n_iter + 1)
+    rel = pooled * np.concatenate([tr.beta, tr.beta], axis=0) - 1.0
+    fig, (top, bot) = plt.subplots(2, 1, figsize=(6, 5.2), sharex=True,
+                                   gridspec_kw=dict(height_ratios=(1.3, 1)))
+    lo, med, hi = np.percentile(pooled, [5, 50, 95], axis=0)
+    top.fill_between(t, lo, hi, color="#0072B2", alpha=0.3, lw=0,
+                     label=r"$\sigma_k^2$, 5-95% band")
+    top.plot(t, med, color="#0072B2", lw=1.8, label=r"$\sigma_k^2$, median")
+    top.plot(t, 1.0 / tr.beta[0], color="k", ls="--", lw=1.2,
+             label=r"equilibrium $1/\beta(t)$")
+    top.set_yscale("log")
+    top.set_ylabel(r"variance $\sigma_k^2$")
+    top.legend(fontsize=9, loc="upper right")
+    lo, med, hi = np.percentile(rel, [5, 50, 95], axis=0)
+    bot.fill_between(t, lo, hi, color="#D55E00", alpha=0.3, lw=0, label="5-95% band")
+    bot.plot(t, med, color="#D55E00", lw=1.8, label="median")
+    bot.axhline(0.0, color="k", ls="--", lw=1.2, label="no lag")
+    bot.set_ylabel(r"lag $\beta\sigma_k^2-1$")
+    bot.set_xlabel("step $t$")
+    bot.legend(fontsize=9, loc="lower center", ncol=3)      # the lag plateaus above it
+    fig.tight_layout()
     return fig

@@ -65,12 +65,17 @@ def _retina_inline() -> None:
 
 
 DATA_COLUMNS = ("panel", "x_label", "y_label", "series", "kind", "x", "y", "y_low", "y_high",
-                "row", "col", "value")
+                "row", "col", "value", "x_category", "y_category")
 
 
 def _label(artist) -> str:
     lab = str(artist.get_label() or "")
     return "" if lab.startswith("_") else lab
+
+
+def _tick_names(ticks, labels) -> dict[float, str]:
+    """Tick position -> its label text, for axes whose ticks name categories (heat maps)."""
+    return {round(float(t), 9): lab.get_text() for t, lab in zip(ticks, labels) if lab.get_text()}
 
 
 def figure_data(fig: plt.Figure) -> list[dict]:
@@ -79,8 +84,9 @@ def figure_data(fig: plt.Figure) -> list[dict]:
 
     Lines give ``kind="line"`` points (x, y); scatter plots ``"point"``; error bars ``"interval"``
     (x, y_low, y_high); filled bands ``"band"`` (their outline, x, y); images and heat maps
-    ``"cell"`` (row, col, value, with the cell centre as x, y). ``panel`` is the axes title (or
-    its index) and ``series`` the legend label, when there is one.
+    ``"cell"`` (row, col, value, with the cell centre as x, y, and the tick labels at that
+    centre, e.g. the beta_i and t0 of a seaborn heat map, as ``x_category``, ``y_category``).
+    ``panel`` is the axes title (or its index) and ``series`` the legend label, when there is one.
     """
     from matplotlib.collections import LineCollection, PathCollection, PolyCollection, QuadMesh
 
@@ -97,6 +103,8 @@ def figure_data(fig: plt.Figure) -> list[dict]:
         for coll in ax.collections:
             lab = _label(coll)
             if isinstance(coll, QuadMesh):
+                xnames = _tick_names(ax.get_xticks(), ax.get_xticklabels())
+                ynames = _tick_names(ax.get_yticks(), ax.get_yticklabels())
                 coords = np.asarray(coll.get_coordinates(), float)     # (M + 1, N + 1, 2)
                 arr = np.ma.filled(np.ma.asarray(coll.get_array(), float), np.nan).reshape(
                     coords.shape[0] - 1, coords.shape[1] - 1)
@@ -104,7 +112,9 @@ def figure_data(fig: plt.Figure) -> list[dict]:
                     for c in range(arr.shape[1]):
                         xc, yc = coords[r:r + 2, c:c + 2].reshape(-1, 2).mean(0)
                         rows.append({**base, "series": lab, "kind": "cell", "row": r, "col": c,
-                                     "x": xc, "y": yc, "value": arr[r, c]})
+                                     "x": xc, "y": yc, "value": arr[r, c],
+                                     "x_category": xnames.get(round(float(xc), 9), ""),
+                                     "y_category": ynames.get(round(float(yc), 9), "")})
             elif isinstance(coll, LineCollection):
                 for seg in coll.get_segments():
                     seg = np.asarray(seg, float)

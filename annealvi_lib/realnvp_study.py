@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from . import realnvp as rn
-from .collapse import PAPER_ALPHA
 from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig, grid_beta
 from .figures import register
 from .grid import run_grid
@@ -30,7 +29,7 @@ __all__ = ["DEMO_ARMS", "DemoSetting", "demo_setting", "demo_runs", "demo_summar
            "flow_grid", "gmm_comparison_config", "gmm_comparison", "Highlights", "highlights",
            "critical_beta", "verdicts", "NORM_CHOICES", "norm_cells", "norm_comparison",
            "norms_overlap", "norm_verdict", "plot_demo_run", "plot_flow_heatmap", "plot_rate",
-           "plot_flow_vs_gmm"]
+           "plot_flow_vs_gmm", "gmm_comparison_cells"]
 
 #: the two arms of the demo run, in plotting order
 DEMO_ARMS = ("annealed", "no annealing")
@@ -130,16 +129,24 @@ def gmm_comparison_config(cfg: RealNVPGridConfig) -> GMMGridConfig:
                          sampler="exact", seed=cfg.seed)
 
 
-def gmm_comparison(cfg: RealNVPGridConfig, progress: bool | None = None):
-    """Collapse probability of the GMM student on the RealNVP grid (cached):
-    ``(pg (len(B), len(T)), seconds)``, rows and columns as in :class:`FlowGrid`."""
+def gmm_comparison_cells(cfg: RealNVPGridConfig, progress: bool | None = None):
+    """The GMM student on the RealNVP grid (cached): ``(p, lo, hi, seconds)``, the collapse
+    probability and its Wilson 95% interval, each shaped ``(len(B), len(T))`` with rows and
+    columns as in :class:`FlowGrid`."""
     t = time.perf_counter()
     ggrid = run_grid("gmm", gmm_comparison_config(cfg), progress=progress)
     # beta_i = 10^k / R^2 with k = log10(beta_i R^2) round-trips only to ~1e-15
     gsum = {(round(r["beta_i"], 10), r["t0"]): r for r in ggrid.summary}
-    pg = np.array([[gsum[(round(float(b), 10), float(t))]["p_collapse"] for t in cfg.t0s]
-                   for b in cfg.beta_is])
-    return pg, time.perf_counter() - t
+    p, lo, hi = (np.array([[gsum[(round(float(b), 10), float(t))][key] for t in cfg.t0s]
+                           for b in cfg.beta_is]) for key in ("p_collapse", "ci_low", "ci_high"))
+    return p, lo, hi, time.perf_counter() - t
+
+
+def gmm_comparison(cfg: RealNVPGridConfig, progress: bool | None = None):
+    """Collapse probability of the GMM student on the RealNVP grid (cached):
+    ``(pg (len(B), len(T)), seconds)``, rows and columns as in :class:`FlowGrid`."""
+    p, _, _, seconds = gmm_comparison_cells(cfg, progress)
+    return p, seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,10 +198,13 @@ def highlights(fg: FlowGrid) -> Highlights:
                       i_opt0=_argmin_annealed(pc[:, 0], ann))
 
 
-def critical_beta(R: float) -> float:
-    """The paper's critical inverse temperature of the GMM student, ``alpha / R^2`` with
-    ``alpha = 0.608`` (chapter 3)."""
-    return PAPER_ALPHA / R**2
+def critical_beta(R: float, w_star: float) -> float:
+    """The critical inverse temperature of the GMM student derived in chapter 3 (linear
+    stability of the antipodal state, :func:`annealvi_lib.collapse.critical_beta`), the same
+    value chapter 3 uses -- not the paper's ``0.608 / R^2``."""
+    from .collapse import critical_beta as derived
+
+    return derived(R, w_star)
 
 
 def _fmt_drops(B, mat, rows) -> str:
@@ -356,12 +366,15 @@ def plot_demo_run(demo: dict, cfg: RealNVPGridConfig):
     ax[0, 1].set_xlabel("step $t$")
     ax[0, 1].set_ylabel("KL (nats)")
     ax[0, 1].legend()
-    for v, lab in ((std_target, "target std"), (1.0, "one mode"), (COLLAPSE_STD, "threshold")):
-        ax[1, 0].axhline(v, color="grey", lw=0.8, ls=":")
-        ax[1, 0].text(0, v, lab, fontsize=9, va="bottom")
+    # reference levels in the legend (labels written on the lines would sit on the data)
+    for v, lab, sty in ((std_target, f"target std ({std_target:.2f})", dict(color="k", ls=":")),
+                        (COLLAPSE_STD, f"collapse threshold ({COLLAPSE_STD:g})",
+                         dict(color="0.45", ls="-.")),
+                        (1.0, "one-mode std (1)", dict(color="0.6", ls=(0, (1, 3))))):
+        ax[1, 0].axhline(v, lw=1.0, label=lab, **sty)
     ax[1, 0].set_xlabel("step $t$")
     ax[1, 0].set_ylabel(r"std / mean of $\langle\mu^*, x\rangle$")
-    ax[1, 0].legend(fontsize=9)
+    ax[1, 0].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax[1, 1].set_yscale("log")
     ax[1, 1].set_xlabel("step $t$")
     ax[1, 1].set_ylabel(r"$\beta(t)$")
@@ -370,24 +383,32 @@ def plot_demo_run(demo: dict, cfg: RealNVPGridConfig):
     return fig
 
 
+def _annotated_heatmap(ax, p, lo, hi, B, T, **heatmap_kw):
+    """A seaborn annotated heat map of ``p`` (rows ``B``, columns ``T``) on ``ax``: each cell shows
+    the estimate and, when ``lo``/``hi`` are given, its Wilson 95% interval. Rows are reversed
+    so that beta_i grows upwards, as on the other heat maps of the book."""
+    import seaborn as sns
+
+    labels = np.array([[f"{p[i, j]:.2f}" + ("" if lo is None else
+                                            f"\n[{lo[i, j]:.2f}, {hi[i, j]:.2f}]")
+                        for j in range(len(T))] for i in range(len(B))])
+    sns.heatmap(p[::-1], annot=labels[::-1], fmt="", vmin=0, vmax=1, cmap="viridis",
+                xticklabels=[f"{t:.0f}" for t in T], yticklabels=[f"{b:.3g}" for b in B[::-1]],
+                annot_kws={"fontsize": 9}, ax=ax, **heatmap_kw)
+    ax.set_xlabel("annealing time $t_0$ (steps)")
+    ax.tick_params(axis="y", rotation=0)
+    ax.grid(False)   # grid lines would cut through the cell numbers
+
+
 def plot_flow_heatmap(fg: FlowGrid):
     """Collapse probability over (beta_i, t0) with the Wilson 95% interval in each cell (a
     seaborn annotated heat map; hottest start at the bottom)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
-    labels = np.array([[f"{pc[i, j]:.2f}\n[{lo[i, j]:.2f}, {hi[i, j]:.2f}]"
-                        for j in range(len(T))] for i in range(len(B))])
     fig, ax = plt.subplots(figsize=(6, 4))
-    # rows reversed so that beta_i grows upwards, as on the other heat maps of the book
-    sns.heatmap(pc[::-1], annot=labels[::-1], fmt="", vmin=0, vmax=1, cmap="viridis",
-                xticklabels=[f"{t:.0f}" for t in T], yticklabels=[f"{b:.3g}" for b in B[::-1]],
-                annot_kws={"fontsize": 8.5}, cbar_kws={"label": "P(collapse)"}, ax=ax)
-    ax.set_xlabel("annealing time $t_0$ (steps)")
+    _annotated_heatmap(ax, fg.pc, fg.lo, fg.hi, fg.B, fg.T,
+                       cbar_kws={"label": "P(collapse)"})
     ax.set_ylabel(r"initial inverse temperature $\beta_i$")
-    ax.tick_params(axis="y", rotation=0)
-    ax.grid(False)   # grid lines would cut through the cell numbers
     return fig
 
 
@@ -410,30 +431,24 @@ def plot_rate(fg: FlowGrid):
     return fig
 
 
-def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray):
-    """Side-by-side heatmaps: RealNVP (``fg.pc``) and GMM student (``pg``) on the same cells."""
+def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray, pg_lo: np.ndarray | None = None,
+                     pg_hi: np.ndarray | None = None):
+    """Side-by-side seaborn heat maps: RealNVP (``fg.pc``) and GMM student (``pg``) on the same
+    cells, each cell with its Wilson 95% interval (the GMM's from ``pg_lo``, ``pg_hi`` when
+    given), one shared colour bar."""
     import matplotlib.pyplot as plt
 
-    B, T = fg.B, fg.T
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for a, mat, title in ((axs[0], fg.pc, "RealNVP"), (axs[1], pg, "GMM student")):
-        im = a.imshow(mat, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
-        a.set_xticks(range(len(T)), [f"{t:.0f}" for t in T])
-        a.set_yticks(range(len(B)), [f"{b:.3g}" for b in B])
-        for i in range(len(B)):
-            for j in range(len(T)):
-                # the flow's cells carry their Wilson 95% interval: differences smaller than it
-                # are not resolved
-                txt = f"{mat[i, j]:.2f}"
-                if mat is fg.pc:
-                    txt += f"\n[{fg.lo[i, j]:.2f}, {fg.hi[i, j]:.2f}]"
-                a.text(j, i, txt, ha="center", va="center", fontsize=8.5,
-                       color="w" if mat[i, j] < 0.6 else "k")
-        a.set_xlabel("$t_0$ (steps)")
-        a.set_title(title)
-        a.grid(False)
+    fig = plt.figure(figsize=(11, 4.4))
+    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.05), wspace=0.12)
+    axs = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
+    cax = fig.add_subplot(grid[0, 2])
+    _annotated_heatmap(axs[0], fg.pc, fg.lo, fg.hi, fg.B, fg.T, cbar=False)
+    _annotated_heatmap(axs[1], pg, pg_lo, pg_hi, fg.B, fg.T, cbar_ax=cax,
+                       cbar_kws={"label": "P(collapse)"})
+    axs[0].set_title("RealNVP")
+    axs[1].set_title("GMM student")
     axs[0].set_ylabel(r"$\beta_i$")
-    fig.colorbar(im, ax=axs, label="P(collapse)")
+    axs[1].set_yticklabels([])
     return fig
 
 
@@ -464,7 +479,8 @@ def fig_rate(preset: Preset):
           description="RealNVP and GMM-student collapse probability on the same grid")
 def fig_flow_vs_gmm(preset: Preset):
     cfg = preset.realnvp_grid
-    return plot_flow_vs_gmm(flow_grid(cfg), gmm_comparison(cfg)[0])
+    p, lo, hi, _ = gmm_comparison_cells(cfg)
+    return plot_flow_vs_gmm(flow_grid(cfg), p, lo, hi)
 
 
 def benchmark_rows() -> tuple[list[dict], str] | None:

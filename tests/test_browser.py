@@ -275,8 +275,19 @@ function geometry() {
       while (p && back === null) { back = lum(getComputedStyle(p).backgroundColor); p = p.parentElement; }
       return (back === null ? bodyLum : back) < 0.5;
   }).map(i => i.src.split('/').pop());
+  // inline formulas cut at the column's edge (a display formula or table scrolls instead)
+  const right = article.getBoundingClientRect().right;
+  const clipped = [...article.querySelectorAll('mjx-container:not([display="true"])')]
+      .filter(e => e.offsetParent !== null && !e.closest('table, mjx-container[display="true"]')
+                   && e.getBoundingClientRect().right > right + 1)
+      .map(e => `${Math.round(e.getBoundingClientRect().width)}px: ${(e.textContent || '').slice(0, 50)}`);
+  // multi-panel figures keep a readable width on a phone (they scroll sideways in their box)
+  const narrowWide = [...article.querySelectorAll('figure.wide-figure img')]
+      .filter(i => i.clientWidth > 0 && i.clientWidth < 600)
+      .map(i => `${i.src.split('/').pop()} at ${i.clientWidth}px`);
   return {columnWidth: col, viewportWidth: document.documentElement.clientWidth,
-          pageWidth: document.documentElement.scrollWidth, wide, soft, invisible,
+          pageWidth: document.documentElement.scrollWidth, wide, soft, invisible, clipped,
+          narrowWide,
           bodyLum, theme: document.documentElement.dataset.theme || null,
           hiddenImgs: [...article.querySelectorAll('img')]
               .filter(i => i.naturalWidth > 0 && i.clientWidth === 0).map(i => i.src)};
@@ -414,6 +425,9 @@ def test_page_on_a_phone_and_in_dark_mode(site, browser, page):
     assert info["pageWidth"] <= info["viewportWidth"] + 1, (
         f"{page} (400px): page {info['pageWidth']}px wide, scrolls sideways")
     assert not info["hiddenImgs"], f"{page} (400px): figures not shown: {info['hiddenImgs']}"
+    assert not info["clipped"], f"{page} (400px): inline formulas cut at the edge: {info['clipped']}"
+    assert not info["narrowWide"], (
+        f"{page} (400px): multi-panel figures shrunk below 600px: {info['narrowWide']}")
     info, errors, _ = _open(browser, base + page, screenshot=shots / f"{stem}__dark.png",
                             dark=True)
     assert info["theme"] == "dark" and info["bodyLum"] is not None and info["bodyLum"] < 0.5, (

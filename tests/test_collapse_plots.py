@@ -40,6 +40,16 @@ def test_markdown_table():
     text = markdown_table([{"a": 1, "b": 0.12345}, {"a": 2, "b": 1.0}], digits=2)
     assert text.splitlines()[0] == "| a | b |"
     assert "| 1 | 0.12 |" in text and len(text.splitlines()) == 4
+    assert "| 2 | 1 |" in text               # an integral float prints as an integer
+
+
+def test_markdown_table_reader_headers_and_formats():
+    rows = [{"log10(beta_i R^2)": -3.0, "t0": 200.0, "frac_within_2se": 0.406, "|dp|": 0.1234,
+             "note": "a|b"}]
+    head, _, row = markdown_table(rows).splitlines()
+    assert "log10(beta_i" not in head and r"$\log_{10}\beta_iR^2$" in head
+    assert "|dp|" not in head and r"\lvert\Delta p\rvert" in head    # no bare pipes in math
+    assert row == r"| -3 | 200 | 41% | 0.123 | a\|b |"
 
 
 def test_plots_draw():
@@ -48,5 +58,9 @@ def test_plots_draw():
     assert fig.axes
     fig = plot_slices(A, {"theory": A["p_collapse"]}, ncols=2)
     assert len(fig.axes) == 2
+    # split at beta_c: one panel per side, every row in the legend once
+    b = A["beta_is"]
+    fig = plot_vs_rate(A, R=3.0, beta_c=float(b.mean()))
+    assert len(fig.axes) == 2 and len(fig.legends[0].get_texts()) == b.size
     fig = plot_vs_rate(A, {"curve": (np.array([1.01, 1.1]), np.array([0.2, 0.8]))})
     assert fig.axes[0].get_xscale() == "log"

@@ -156,3 +156,49 @@ def test_figure_data_reads_back_what_is_drawn(tmp_path):
     back = list(csv.DictReader(open(path)))
     assert len(back) == len(rows)
     matplotlib.pyplot.close(fig)
+
+
+def test_figure_data_names_heat_map_cells_by_their_tick_labels():
+    """A seaborn heat map's CSV says which beta_i and t0 each cell is, not only its index."""
+    import seaborn as sns
+
+    from annealvi_lib.plotting import figure_data
+
+    fig, ax = matplotlib.pyplot.subplots()
+    sns.heatmap(np.array([[0.1, 0.2], [0.3, 0.4]]), xticklabels=["100", "200"],
+                yticklabels=["0.5", "0.05"], ax=ax)
+    cells = {(r["y_category"], r["x_category"]): r["value"] for r in figure_data(fig)
+             if r["kind"] == "cell" and r["x_category"]}
+    assert cells == {("0.5", "100"): 0.1, ("0.5", "200"): 0.2, ("0.05", "100"): 0.3,
+                     ("0.05", "200"): 0.4}
+    matplotlib.pyplot.close(fig)
+
+
+def _arm_with_final_s(final_s):
+    from types import SimpleNamespace
+
+    s = np.zeros((len(final_s), 3))
+    s[:, -1] = final_s
+    return SimpleNamespace(traj=SimpleNamespace(s=s), failed=np.zeros(len(final_s), bool))
+
+
+def test_outcome_counts_separate_settled_from_undecided_runs():
+    """Settled: |s| >= 0.9; in between a run is undecided, whatever its sign."""
+    c = opening.outcome_counts(_arm_with_final_s([0.95, -0.99, 0.3, -0.2, np.nan]))
+    assert (c["collapsed"], c["covered"], c["undecided"], c["failed"]) == (1, 1, 2, 1)
+    assert c["sign_collapsed"] == 2 and c["n"] == 4
+
+
+def test_final_overlap_swarm_places_every_run():
+    """Settled runs pile up at s = +-1; the swarm must still draw every one of them (seaborn
+    warns when it cannot place a point, which this test turns into an error)."""
+    import warnings
+
+    runs = {name: _arm_with_final_s(np.r_[np.full(15, -1.0), [0.98]]) for name in
+            ("vanilla", "covering", "annealed")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fig = opening.plot_final_overlaps(runs, {"annealed": 0})
+    drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert drawn >= 3 * 16
+    matplotlib.pyplot.close(fig)
