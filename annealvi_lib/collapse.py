@@ -74,6 +74,9 @@ __all__ = [
     "optimal_beta_i",
     "OdeCollapse",
     "ode_collapse_probability",
+    "symmetric_branch",
+    "linear_tilt",
+    "antipodal_growth",
 ]
 
 #: The paper's value of alpha = beta_c R^2 (no published derivation).
@@ -281,9 +284,73 @@ def annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha: float, schedul
     return (R / _SQRT_2PI) * lr * t * per
 
 
+def antipodal_growth(s0):
+    """Growth of ``Delta = m1 - m2`` while the entropy drives a pair from overlap ``s0`` to the
+    antipodal state ``s = -1`` (high temperature, where the mode pull g is negligible).
+
+    With ``g = 0`` the ODE gives ``dDelta/dtau = F (1 + s) Delta`` and
+    ``ds/dtau = -2 F (1 - s^2)``, so ``dDelta/ds = -Delta / (2 (1 - s))`` and
+    ``Delta(s = -1) / Delta(s0) = sqrt(2 / (1 - s0))``: ``sqrt(2)`` from a random start
+    (``s0 ~ N(0, 1/d)``), a factor the paper's heuristic leaves out.
+    """
+    s0 = _arr("s0", s0, lo=-1.0, hi=1.0)
+    return np.sqrt(2.0 / (1.0 - s0))
+
+
+def symmetric_branch(beta, *, R: float, w_star: float):
+    """Overlap ``m_b`` of the tilted symmetric fixed point of the equal-weight ODE (equilibrated
+    variances): ``m1 = m2 = m_b``, ``s = 2 m_b^2 - 1``, where ``m_b`` solves
+    ``2 m f(2 m^2 - 1) + g(m) / 2 = 0``.
+
+    For ``w* != 1/2``, ``g(0) != 0``: the point ``m = 0, s = -1`` is not a fixed point at any
+    beta. The pair sits on this branch instead, tilted toward the heavy mode, and the tilt grows
+    continuously with beta (small while beta << beta_c, O(1) near beta_c). The root is the one
+    continued from high temperature: the smallest positive root in (0, 1).
+
+    Args:
+      beta: inverse temperature(s) > 0 (array). R, w_star: target parameters (w_star > 1/2).
+    Returns:
+      m_b, the shape of ``beta`` (NaN where no root is bracketed).
+    """
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    if w_star <= 0.5:
+        raise ValueError(f"w_star must be > 0.5 for a tilted branch, got {w_star!r}")
+    b = _arr("beta", beta, lo=0.0)
+    m = np.linspace(0.0, 1.0, 2001)[:-1]
+    out = np.full(b.size, np.nan)
+    for k, bk in enumerate(b.ravel()):
+        u = 1.0 / math.sqrt(float(bk))
+        h = np.asarray(2.0 * m * theory.f(2.0 * m * m - 1.0, R=R, u=u)
+                       + 0.5 * theory.g(m, R=R, u=u, w_star=w_star), float)
+        idx = np.nonzero((h[:-1] < 0) & (h[1:] >= 0))[0]
+        if idx.size:
+            i = idx[0]
+            out[k] = m[i] + (m[i + 1] - m[i]) * h[i] / (h[i] - h[i + 1])
+    return out.reshape(b.shape)
+
+
+def linear_tilt(beta, *, R: float, w_star: float):
+    """Linear-response tilt of the antipodal pair toward the heavy mode,
+    ``a eps / (2 F - a)`` (rotation rate ``a``, entropy coupling ``F = f(-1)``, both from
+    :func:`stability_exponents`): the constant pull ``a eps`` of the weight bias divided by the
+    restoring rate ``-lambda_rel = 2F - a``. It diverges where ``lambda_rel = 0`` (beta_c): the
+    linearisation breaks down there, while the exact branch (:func:`symmetric_branch`) stays
+    finite -- beta_c marks a crossover, not a loss of stability. Negative (meaningless) above
+    beta_c.
+    """
+    eps = collapse_epsilon(R, w_star)
+    a1, a2, F, _ = stability_exponents(beta, R=R, w_star=w_star)
+    a = 0.5 * (a1 + a2)
+    with np.errstate(divide="ignore"):
+        return a * eps / (2.0 * F - a)
+
+
 def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
-                         alpha: float | None = None, schedule: str = "exp"):
-    """Sharp closed-form collapse probability ``P = erf(sqrt(d) eps e^{-I})`` (DESIGN 4.2).
+                         alpha: float | None = None, schedule: str = "exp", growth: float = 1.0):
+    """Sharp closed-form collapse probability ``P = erf(sqrt(d) eps e^{-I} / growth)``
+    (DESIGN 4.2; ``growth = 1`` is the paper's formula, ``growth = sqrt(2)`` adds the growth of
+    Delta while the pair becomes antipodal, :func:`antipodal_growth`).
 
     Args:
       beta_i: initial inverse temperature(s) in (0, 1] (array, broadcast with t0).
@@ -292,16 +359,20 @@ def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: flo
       lr: learning rate (> 0). alpha: ``beta_c R^2``; None uses :func:`derived_alpha`
         (pass :data:`PAPER_ALPHA` for the paper's value).
       schedule: see :func:`annealing_exponent`.
+      growth: factor (>= 1) by which Delta has grown before the amplification phase starts.
     Returns:
-      P with the broadcast shape; ``erf(sqrt(d) eps)`` wherever ``beta_i >= beta_c``.
+      P with the broadcast shape; ``erf(sqrt(d) eps / growth)`` wherever ``beta_i >= beta_c``.
     """
     d, R, w_star, lr = _common(d, R, w_star, lr)
     check_choice("schedule", schedule, _CLOSED_FORM_SCHEDULES)
     _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
     _arr("t0", t0, lo=0.0)
     alpha = _alpha(alpha, R, w_star)
+    growth = check_positive("growth", growth)
+    if growth < 1.0:
+        raise ValueError(f"growth must be >= 1 (Delta never shrinks), got {growth!r}")
     I = annealing_exponent(beta_i, t0, R=R, lr=lr, alpha=alpha, schedule=schedule)
-    return erf(math.sqrt(d) * collapse_epsilon(R, w_star) * np.exp(-I))
+    return erf(math.sqrt(d) * collapse_epsilon(R, w_star) * np.exp(-I) / growth)
 
 
 def annealing_time_for_probability(p, beta_i, *, d: int, R: float, w_star: float,

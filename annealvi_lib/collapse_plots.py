@@ -15,7 +15,8 @@ from .plotting import PALETTE
 from .schedules import annealing_rate
 
 __all__ = ["summary_arrays", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
-           "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability", "plot_vs_rate"]
+           "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability", "plot_vs_rate",
+           "plot_symmetric_branch"]
 
 
 def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -274,6 +275,27 @@ def plot_stability(betas, a_rot, lam_rel, a_asym, R: float, beta_c: float, alpha
     handles, labels = ax.get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    return fig
+
+
+def plot_symmetric_branch(ratio, m_branch, tilt):
+    """Tilt of the antipodal pair toward the heavy mode against ``beta / beta_c``: the exact
+    symmetric branch ``m_b`` (``m1 = m2 = m_b``, ``s = 2 m_b^2 - 1``) and its linear-response
+    approximation ``a eps / (2F - a)``, which diverges at beta_c (drawn only where it is positive
+    and below 1.2). Returns the figure."""
+    ratio, m_branch, tilt = (np.asarray(v, float) for v in (ratio, m_branch, tilt))
+    fig, ax = plt.subplots(figsize=(6.2, 3.6))
+    ax.plot(ratio, m_branch, color=PALETTE[0], lw=2.2,
+            label=r"exact branch $m_b$ (root of $2mf(2m^2-1)+g(m)/2$)")
+    ok = (tilt > 0) & (tilt < 1.2)
+    ax.plot(ratio[ok], tilt[ok], color=PALETTE[1], ls="--", lw=1.6,
+            label=r"linear tilt $a\varepsilon/(2F-a)$")
+    ax.axvline(1.0, color="0.4", ls=":", lw=1.2, label=r"$\beta_c$ ($\lambda_{\rm rel}=0$)")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(r"$\beta/\beta_c$")
+    ax.set_ylabel(r"tilt $m_1=m_2$ toward the heavy mode")
+    ax.legend(fontsize=9, loc="upper left")
     return fig
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import collapse as C
 from . import theory
 from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices, plot_stability,
+                             plot_symmetric_branch,
                              plot_vs_rate, summary_arrays)
 from .config import GMMGridConfig, Preset, grid_beta
 from .figures import register
@@ -72,6 +73,42 @@ def theory_grid(G: GMMGridConfig, seed: int = 1) -> TheoryGrid:
                                      n_samples=G.ode_samples, with_variance=True, **kw)
     return TheoryGrid(BB, TT, p_closed, p_paper, ode.p, ode.se, closed_ms,
                       time.perf_counter() - t)
+
+
+def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1.0, mask=None,
+                        alphas=np.linspace(0.2, 2.0, 361), n_boot: int = 400, seed: int = 0):
+    """Maximum-likelihood alpha of the closed form (with ``growth``, see
+    :func:`annealvi_lib.collapse.collapse_probability`) given binomial counts ``k`` of ``n`` per
+    cell, with a 95% interval that does not assume the closed form is true: a percentile
+    bootstrap over runs (each cell's count redrawn from ``Binomial(n, k/n)``, the fit redone).
+
+    Args:
+      k, n: counts per cell, shape (n_beta, n_t0) -- the Monte-Carlo grid's collapsed runs and
+        finished runs, or the ODE-propagated probabilities times their number of initial
+        conditions. mask: optional boolean cells to use. seed: bootstrap seed.
+    Returns ``(alpha_hat, low, high, mean_abs_z)``; ``mean_abs_z`` is the fit quality, the mean
+    binomial z-score of the fitted closed form over the selected cells.
+    """
+    from .collapse_plots import z_scores
+
+    p = G.problem
+    sel = np.ones(np.shape(k), bool) if mask is None else np.asarray(mask, bool)
+    k, n = np.asarray(k, float)[sel], np.asarray(n, float)[sel]
+    q = np.stack([C.collapse_probability(T.BB, T.TT, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
+                                         alpha=a, growth=growth)[sel] for a in alphas])
+    q = np.clip(q, 1e-9, 1 - 1e-9)
+    lq, l1q = np.log(q), np.log1p(-q)                           # (n_alpha, n_cells)
+
+    def best(kk):                                               # kk: (..., n_cells)
+        return np.argmin(-(kk @ lq.T + (n - kk) @ l1q.T), axis=-1)
+
+    i_hat = int(best(k))
+    rng = np.random.default_rng(seed)
+    kb = rng.binomial(n.astype(int), np.clip(k / np.maximum(n, 1), 0, 1), size=(n_boot, k.size))
+    boot = alphas[best(kb.astype(float))]
+    mean_z = float(np.mean(z_scores(k, n, q[i_hat])))
+    return (float(alphas[i_hat]), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)),
+            mean_z)
 
 
 def fit_alpha(A: dict, T: TheoryGrid, G: GMMGridConfig, alphas=np.linspace(0.3, 1.5, 241),
@@ -219,6 +256,21 @@ def fig_stability(preset: Preset):
     R = G.problem.R
     return plot_stability(betas, a1, lam, R * np.sqrt(betas) / np.sqrt(2 * np.pi), R,
                           C.critical_beta(R, G.problem.w_star), C.PAPER_ALPHA)
+
+
+def branch_scan(G: GMMGridConfig, n: int = 60):
+    """``(beta / beta_c, m_b, linear tilt)`` on a log grid of beta / beta_c in [1e-2, 4]."""
+    p = G.problem
+    ratio = np.logspace(-2, np.log10(4.0), n)
+    beta = ratio * C.critical_beta(p.R, p.w_star)
+    return (ratio, C.symmetric_branch(beta, R=p.R, w_star=p.w_star),
+            C.linear_tilt(beta, R=p.R, w_star=p.w_star))
+
+
+@register("ch3_branch", chapter=3,
+          description="tilt of the antipodal pair: exact symmetric branch and linear response")
+def fig_branch(preset: Preset):
+    return plot_symmetric_branch(*branch_scan(preset.gmm_grid))
 
 
 @register("ch3_heatmap", chapter=3, description="Monte-Carlo collapse probability over (beta_i, t0)")

@@ -191,3 +191,52 @@ def test_ode_grid_shapes_monotone_and_deterministic():
     assert r.p[0, -1] < r.p[0, 0] - 0.1
     r2 = co.ode_collapse_probability(b, t0, **kw)
     assert np.array_equal(r.p, r2.p)
+
+
+# --- the mechanism: symmetric branch, linear tilt, antipodal growth (issue 11) -----------------
+
+def test_symmetric_branch_is_a_fixed_point_of_the_ode():
+    """m1 = m2 = m_b, s = 2 m_b^2 - 1 has zero drift; (m, s) = (0, -1) does not (w* != 1/2)."""
+    from annealvi_lib import theory as th
+
+    beta_c = co.critical_beta(R, W)
+    betas = beta_c * np.array([0.1, 0.5, 1.0, 2.0])
+    mb = co.symmetric_branch(betas, R=R, w_star=W)
+    for b, m in zip(betas, mb):
+        rhs = np.asarray(th.ode_rhs(np.array([m, m, 2 * m * m - 1]), b, R=R, w_star=W))
+        origin = np.asarray(th.ode_rhs(np.array([0.0, 0.0, -1.0]), b, R=R, w_star=W))
+        assert np.abs(rhs).max() < 2e-4 * max(1.0, np.abs(origin).max()), (b, rhs)
+        assert abs(origin[0]) > 50 * abs(rhs[0]) + 1e-7, (b, origin)
+    # the branch deforms continuously: small tilt hot, O(1) tilt beyond beta_c
+    assert 0 < mb[0] < mb[1] < mb[2] < mb[3] < 1
+    assert mb[1] == pytest.approx(0.10, abs=0.02) and mb[2] == pytest.approx(0.50, abs=0.03)
+
+
+def test_linear_tilt_matches_branch_hot_and_diverges_at_beta_c():
+    beta_c = co.critical_beta(R, W)
+    hot = beta_c * np.array([0.05, 0.2])
+    np.testing.assert_allclose(co.linear_tilt(hot, R=R, w_star=W),
+                               co.symmetric_branch(hot, R=R, w_star=W), rtol=0.02)
+    near = co.linear_tilt(beta_c * np.array([0.95, 0.99]), R=R, w_star=W)
+    assert near[1] > near[0] > 1.0          # grows without bound as lambda_rel -> 0
+    assert co.symmetric_branch(beta_c, R=R, w_star=W) < 1.0    # the exact branch stays finite
+
+
+def test_antipodal_phase_grows_delta_by_sqrt_two():
+    """Integrating the ODE at very high temperature from s0 = 0: Delta grows by sqrt(2/(1-s0))
+    while s falls to -1 (before any amplification by the mode pull)."""
+    from annealvi_lib import theory as th
+
+    beta = 1e-7
+
+    @jax.jit
+    def run(x):                                    # Euler, dtau = 2e-3, tau = 8
+        step = lambda x, _: (x + 2e-3 * th.ode_rhs(x, beta, R=R, w_star=W), None)
+        return jax.lax.scan(step, x, None, length=4000)[0]
+
+    for s0 in (0.0, -0.3):
+        x0 = np.array([2e-3, 1e-3, s0], np.float32)
+        d0 = x0[0] - x0[1]
+        x = np.asarray(run(x0), float)
+        assert x[2] < -0.999
+        assert (x[0] - x[1]) / d0 == pytest.approx(float(co.antipodal_growth(s0)), rel=0.01)
