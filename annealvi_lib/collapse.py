@@ -77,6 +77,7 @@ __all__ = [
     "symmetric_branch",
     "linear_tilt",
     "antipodal_growth",
+    "vanilla_probability",
 ]
 
 #: The paper's value of alpha = beta_c R^2 (no published derivation).
@@ -282,6 +283,22 @@ def annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha: float, schedul
     beta_c = alpha / R**2
     per = _exponent_per_step(b, beta_c, schedule)
     return (R / _SQRT_2PI) * lr * t * per
+
+
+def vanilla_probability(*, d: int, R: float, w_star: float):
+    """Collapse probability without annealing (beta = 1 and unit variances from the start):
+    ``Phi(sqrt(d) eps)^2 + Phi(-sqrt(d) eps)^2``.
+
+    At beta = 1 the entropy coupling is weak and the pair never becomes antipodal: each mean
+    goes to the mode on its side of the zero ``m = -eps`` of g, independently of the other, from
+    ``m_k(0) ~ N(0, 1/d)``; the run collapses when both go to the same mode. The closed form's
+    ``beta_i >= beta_c`` value ``erf(sqrt(d) eps)`` assumes an antipodal pair and does not apply.
+    """
+    from scipy.stats import norm
+
+    d, R, w_star, _ = _common(d, R, w_star, 0.05)
+    x = math.sqrt(d) * collapse_epsilon(R, w_star)
+    return float(norm.cdf(x) ** 2 + norm.cdf(-x) ** 2)
 
 
 def antipodal_growth(s0):

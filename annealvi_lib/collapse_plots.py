@@ -85,11 +85,17 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
     im = ax.imshow(arrays["p_collapse"].T, origin="lower", aspect="auto", cmap="viridis",
                    vmin=0, vmax=1, extent=[x[0] - dx / 2, x[-1] + dx / 2, t0s[0] - dt / 2,
                                            t0s[-1] + dt / 2])
+    import matplotlib.patheffects as pe
+
+    cmap = plt.get_cmap("viridis")
     for i in range(betas.size):
         for j in range(t0s.size):
             p = arrays["p_collapse"][i, j]
+            # above the iso-line, with a stroke of the cell's own colour that interrupts the line
+            # around the digits
             ax.text(x[i], t0s[j], f"{p:.2f}", ha="center", va="center", fontsize=9.5,
-                    color="white" if p < 0.6 else "black")
+                    color="white" if p < 0.6 else "black", zorder=4,
+                    path_effects=[pe.withStroke(linewidth=3, foreground=cmap(p))])
     fig.colorbar(im, ax=ax, label=r"measured $P_{\rm collapse}$")
     ax.grid(False)   # grid lines would cut through the cells
     if iso_fn is not None:
@@ -98,14 +104,13 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
         XX, TT = np.meshgrid(xf, tf, indexing="ij")
         # the cell-edge margins can leave the valid domain: clip to beta <= 1, t0 >= 1
         P = iso_fn(np.minimum(10.0**XX / R**2, 1.0), np.maximum(TT, 1.0))
-        # white dashes with a black outline: visible on every colour of the map and, in the
-        # legend, on the white page
-        import matplotlib.patheffects as pe
-
-        halo = [pe.Stroke(linewidth=3.0, foreground="black"), pe.Normal()]
-        cs = ax.contour(XX, TT, P, levels=[0.5], colors="white", linestyles="--", linewidths=1.5)
+        # black dashes on a white halo: visible on every colour of the map and, in the legend,
+        # on the white page
+        halo = [pe.Stroke(linewidth=3.2, foreground="white"), pe.Normal()]
+        cs = ax.contour(XX, TT, P, levels=[0.5], colors="black", linestyles="--", linewidths=1.4,
+                        zorder=3)
         cs.set_path_effects(halo)
-        ax.plot([], [], "--", color="white", lw=1.5, path_effects=halo, label=iso_label)
+        ax.plot([], [], "--", color="black", lw=1.4, label=iso_label)
         # above the plot, not over the top row of cells
         ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel(r"$\log_{10}(\beta_i R^2)$")
@@ -159,7 +164,7 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
 #: One marker per row of a rate plot, so that rows stay apart where their colours are close.
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
 #: Row colours of a rate plot: the palette without black (black is the theory curve) plus grey.
-_ROW_COLOURS = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f"]
+_ROW_COLOURS = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f", "#882255"]
 
 
 def _rate_rows(ax, arrays, rows, curves, R, label_prefix):
@@ -181,15 +186,17 @@ def _rate_rows(ax, arrays, rows, curves, R, label_prefix):
 
 
 def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                 R: float = 3.0, ax=None, label_prefix: str = "", beta_c: float | None = None):
+                 R: float = 3.0, ax=None, label_prefix: str = "", beta_c: float | None = None,
+                 hot_fraction: float = 1.0):
     """Measured collapse probability against the annealing rate ``beta_i**(-1/t0)``.
 
     Args:
       arrays: output of :func:`summary_arrays`.
       curves: name -> (rate, p) lines to overlay (e.g. the hot-start master curve).
-      beta_c: if given (and ``ax`` is not), two panels: the rows with ``beta_i < beta_c``, where
-        the hot-start limit applies, and the colder rows; each row has its own colour and marker
-        and the legend sits beside the panels, off the data.
+      beta_c: if given (and ``ax`` is not), two panels: the hot rows,
+        ``beta_i <= hot_fraction * beta_c``, where the hot-start limit should apply, and the
+        others; each row has its own colour and marker and the legend sits beside the panels,
+        off the data.
     """
     betas = arrays["beta_is"]
     rows = list(range(betas.size))
@@ -201,10 +208,11 @@ def plot_vs_rate(arrays: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]] 
         ax.set_ylabel(r"$P_{\rm collapse}$")
         ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
-    hot = [i for i in rows if betas[i] < beta_c]
-    cold = [i for i in rows if betas[i] >= beta_c]
-    groups = [(g, t) for g, t in ((hot, r"$\beta_i<\beta_c$ (hot starts)"),
-                                  (cold, r"$\beta_i\geq\beta_c$")) if g]
+    hot = [i for i in rows if betas[i] <= hot_fraction * beta_c]
+    cold = [i for i in rows if betas[i] > hot_fraction * beta_c]
+    cut = r"\beta_c" if hot_fraction == 1 else rf"{hot_fraction:g}\,\beta_c"
+    groups = [(g, t) for g, t in ((hot, rf"$\beta_i\leq{cut}$ (hot starts)"),
+                                  (cold, rf"$\beta_i>{cut}$")) if g]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.3 * len(groups) + 1.6, 3.8),
                              sharey=True, sharex=True, squeeze=False)
     for ax_, (g, title) in zip(axes[0], groups):
@@ -315,6 +323,7 @@ TABLE_COLUMNS = {
     "B": ("$B$", "{:g}"), "steps after t0": ("steps after $t_0$", "{:g}"),
     "p_collapse": (r"$P_{\rm collapse}$", "{:.2f}"), "ci_low": ("95% CI low", "{:.2f}"),
     "ci_high": ("95% CI high", "{:.2f}"), "closed form": ("closed form", "{:.3f}"),
+    "ODE-propagated": ("ODE-propagated", "{:.3f}"),
 }
 
 

@@ -210,6 +210,10 @@ class GMMGridConfig:
     # practical guidance: target probability and seeds of its Monte-Carlo check
     guidance_p: float = 0.1
     guidance_seeds: int = 400
+    # no-annealing row (beta = 1 throughout, variance 1 at the start): dimensions, seeds, steps
+    vanilla_dims: tuple = (128, 512)
+    vanilla_seeds: int = 400
+    vanilla_steps: int = 600
 
     def __post_init__(self):
         _check_problem(self)
@@ -219,7 +223,8 @@ class GMMGridConfig:
                    sensitivity_cells=_seq(_cell), sensitivity_batches=_seq(_int_at_least(1)),
                    sensitivity_extras=_seq(_EXTRA), sensitivity_seeds=_N_SEEDS,
                    ode_samples=_int_range(1, 10**7), guidance_p=check_open_unit,
-                   guidance_seeds=_N_SEEDS)
+                   guidance_seeds=_N_SEEDS, vanilla_dims=_seq(_int_at_least(4)),
+                   vanilla_seeds=_N_SEEDS, vanilla_steps=_int_range(2, MAX_STEPS))
         _check_betas("beta_i", self.beta_is)
         for k, t0 in self.validation_cells + self.sensitivity_cells:
             check_beta("beta_i", grid_beta(k, self.problem.R**2))
@@ -358,7 +363,8 @@ def _quick() -> Preset:
                                validation_seeds=16, sensitivity_cells=((-2.0, 50.0),),
                                sensitivity_batches=(32, 128), sensitivity_extras=(30, 60),
                                sensitivity_seeds=16, ode_samples=512, guidance_p=0.2,
-                               guidance_seeds=32),
+                               guidance_seeds=32, vanilla_dims=(16, 64), vanilla_seeds=32,
+                               vanilla_steps=120),
         realnvp_grid=RealNVPGridConfig(
             d=4, width=16, depth=1, n_layers=2, batch=64, log10_beta_9=(-1.0,),
             t0s=(20.0,), n_seeds=2, n_iter_extra=10),

@@ -199,6 +199,11 @@ def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
     for k, t0 in G.sensitivity_cells:
         b_i = grid_beta(k, p.R**2)
         p_cf = float(C.collapse_probability(b_i, t0, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))
+        # the B -> infinity limit of the simulation: the ODE-propagated probability
+        p_ode = float(C.ode_collapse_probability(
+            np.array([[b_i]]), np.array([[float(t0)]]), d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
+            key=jax.random.key(1), n_extra=G.n_iter_extra, n_samples=G.ode_samples,
+            with_variance=True).p.ravel()[0])
         settings = [(B, G.n_iter_extra) for B in G.sensitivity_batches]
         settings += [(p.batch, e) for e in G.sensitivity_extras if e != G.n_iter_extra]
         for B, extra in settings:
@@ -206,15 +211,43 @@ def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
             r = run_grid("gmm", cfg, workers=workers).summary[0]
             rows.append({"log10(beta_i R^2)": k, "t0": t0, "B": B, "steps after t0": extra,
                          "p_collapse": r["p_collapse"], "ci_low": r["ci_low"],
-                         "ci_high": r["ci_high"], "closed form": p_cf})
+                         "ci_high": r["ci_high"], "closed form": p_cf, "ODE-propagated": p_ode})
+    return rows
+
+
+def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[dict]:
+    """The no-annealing row: beta = 1 throughout (variance 1 at the start) for each dimension in
+    ``G.vanilla_dims``, ``G.vanilla_seeds`` runs of ``G.vanilla_steps`` steps (reduced sampler,
+    cached), against ``Phi^2 + Phi^2`` (:func:`annealvi_lib.collapse.vanilla_probability`), the
+    closed form's ``erf(sqrt(d) eps)`` and the ODE-propagated probability at beta = 1."""
+    p = G.problem
+    k_one = math.log10(p.R**2)                        # beta_i R^2 = R^2, i.e. beta_i = 1
+    rows = []
+    for dim in G.vanilla_dims:
+        prob = dataclasses.replace(p, d=int(dim))
+        cfg = dataclasses.replace(G, problem=prob, log10_beta_r2=(k_one,), t0s=(1.0,),
+                                  n_iter_extra=G.vanilla_steps - 1, n_seeds=G.vanilla_seeds)
+        r = run_grid("gmm", cfg, workers=workers).summary[0]
+        ode = C.ode_collapse_probability(np.array([[1.0]]), np.array([[1.0]]), d=int(dim),
+                                         R=p.R, w_star=p.w_star, lr=p.lr,
+                                         key=jax.random.key(key_seed),
+                                         n_extra=G.vanilla_steps - 1, n_samples=G.ode_samples,
+                                         with_variance=True)
+        eps = C.collapse_epsilon(p.R, p.w_star)
+        rows.append({"d": int(dim), "runs": r["n_runs"] - r["n_failed"],
+                     "p_collapse": r["p_collapse"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "independent means": C.vanilla_probability(d=int(dim), R=p.R, w_star=p.w_star),
+                     "closed form": float(math.erf(math.sqrt(dim) * eps)),
+                     "ODE-propagated": float(ode.p.ravel()[0])})
     return rows
 
 
 def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
-    """Collapse probability against B per cell (Wilson bars), closed form dotted."""
+    """Collapse probability against B per cell (Wilson bars), with the ODE-propagated probability
+    (dashed: the B -> infinity limit of the simulation) and the closed form (dotted)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
     sub = [r for r in rows if r["steps after t0"] == n_iter_extra]
     for cell in sorted({(r["log10(beta_i R^2)"], r["t0"]) for r in sub}):
         grp = sorted((r for r in sub if (r["log10(beta_i R^2)"], r["t0"]) == cell),
@@ -223,13 +256,19 @@ def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
         p = np.array([r["p_collapse"] for r in grp])
         lo = np.array([r["ci_low"] for r in grp])
         hi = np.array([r["ci_high"] for r in grp])
-        line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o-", capsize=3,
-                           label=f"$\\beta_iR^2=10^{{{cell[0]:g}}}$, $t_0={cell[1]:g}$")
-        ax.axhline(grp[0]["closed form"], ls=":", color=line[0].get_color())
+        line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o", capsize=3,
+                           label=f"$\\log_{{10}}\\beta_iR^2={cell[0]:g}$, $t_0={cell[1]:g}$")
+        c = line[0].get_color()
+        if "ODE-propagated" in grp[0]:
+            ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
+        ax.axhline(grp[0]["closed form"], ls=":", lw=1.2, color=c)
+    ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
+    ax.plot([], [], "k:", lw=1.2, label="closed form")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size $B$ (samples per component)")
     ax.set_ylabel(r"$P_{\rm collapse}$")
-    ax.legend(fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -298,24 +337,29 @@ def fig_slices(preset: Preset):
 def hot_start_curve(G: GMMGridConfig):
     p = G.problem
     rates = np.logspace(np.log10(1.0005), np.log10(1.2), 200)
-    return {"hot-start limit (closed form)":
+    return {r"hot-start limit (closed form, derived $\alpha$)":
             (rates, C.hot_start_probability(rates, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr))}
+
+
+#: Rows with beta_i <= HOT_FRACTION * beta_c count as hot starts for the hot-start limit
+#: (beta_i -> 0 at fixed rate); rows between that and beta_c are neither hot nor cold.
+HOT_FRACTION = 0.1
 
 
 class RateAgreement(NamedTuple):
     """How the measured cells sit against the hot-start master curve (binomial z-scores, see
     :func:`annealvi_lib.collapse_plots.z_scores`).
 
-    ``n_hot``/``hot_within``: cells with beta_i < beta_c and those within 2 SE of the curve;
-    ``hot_worst``: (log10 beta_i R^2, t0, measured, curve, z) of the hot cell farthest from it;
-    ``n_cold``/``cold_above``: cells with beta_i >= beta_c and those more than 2 SE above it.
+    ``n_hot``/``hot_within``: cells with beta_i <= HOT_FRACTION beta_c and those within 2 SE of
+    the curve; ``hot_worst``: (log10 beta_i R^2, t0, measured, curve, z) of the hot cell farthest
+    from it; ``n_rest``/``rest_above``: the other cells and those more than 2 SE above it.
     """
 
     n_hot: int
     hot_within: int
     hot_worst: tuple
-    n_cold: int
-    cold_above: int
+    n_rest: int
+    rest_above: int
 
 
 def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
@@ -330,7 +374,8 @@ def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
                                     lr=p.lr)
     n_ok = A["n_runs"] - A["n_failed"]
     z = z_scores(A["n_collapsed"], n_ok, curve)
-    hot, cold = BB < beta_c, BB >= beta_c
+    hot = BB <= HOT_FRACTION * beta_c
+    rest = ~hot
     worst = (math.nan, math.nan, math.nan, math.nan, math.nan)
     if hot.any():
         zh = np.where(hot, z, -np.inf)
@@ -338,8 +383,8 @@ def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
         worst = (float(np.log10(BB[i, j] * p.R**2)), float(TT[i, j]), float(A["p_collapse"][i, j]),
                  float(curve[i, j]), float(z[i, j]))
     above = (A["p_collapse"] > curve) & (z > 2)
-    return RateAgreement(int(hot.sum()), int((hot & (z <= 2)).sum()), worst, int(cold.sum()),
-                         int((cold & above).sum()))
+    return RateAgreement(int(hot.sum()), int((hot & (z <= 2)).sum()), worst, int(rest.sum()),
+                         int((rest & above).sum()))
 
 
 @register("ch3_rate", chapter=3, description="collapse probability against the annealing rate")
@@ -347,7 +392,8 @@ def fig_rate(preset: Preset):
     G = preset.gmm_grid
     A, _ = mc_grid(G, workers=default_workers(preset.name))
     return plot_vs_rate(A, hot_start_curve(G), R=G.problem.R,
-                        beta_c=C.critical_beta(G.problem.R, G.problem.w_star))
+                        beta_c=C.critical_beta(G.problem.R, G.problem.w_star),
+                        hot_fraction=HOT_FRACTION)
 
 
 @register("ch3_batch", chapter=3, description="collapse probability against the batch size B")

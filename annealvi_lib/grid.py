@@ -153,7 +153,7 @@ def config_hash(study: str, cfg, **extra) -> str:
     for k in ("log10_beta_r2", "log10_beta_9", "t0s", "include_beta_one", "n_seeds",
               "validation_cells", "validation_seeds", "sensitivity_cells", "sensitivity_batches",
               "sensitivity_extras", "sensitivity_seeds", "ode_samples", "guidance_p",
-              "guidance_seeds"):
+              "guidance_seeds", "vanilla_dims", "vanilla_seeds", "vanilla_steps"):
         d.pop(k, None)
     payload = json.dumps({"study": study, "cfg": d, "extra": extra, "version": __version__,
                           "source": _source_hash(study)}, sort_keys=True, default=str)

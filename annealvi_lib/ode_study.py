@@ -412,6 +412,22 @@ def fit_error_law(scan: ScanResult, C: OdeCheckConfig) -> ErrorLaw:
                     float(np.exp(np.mean(np.log(ratio)))))
 
 
+def slope_intervals(scan: ScanResult, C: OdeCheckConfig, n_boot: int = 400, seed: int = 0):
+    """95% percentile-bootstrap intervals of the d- and B-slopes of :func:`fit_error_law`,
+    resampling the seeds of every scan point (with replacement). Returns
+    ``((d_lo, d_hi), (b_lo, b_hi))``."""
+    rng = np.random.default_rng(seed)
+    n = scan.e5.shape[1]
+    d_sl, b_sl = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=(scan.e5.shape[0], n))
+        law = fit_error_law(scan._replace(e5=np.take_along_axis(scan.e5, idx, 1)), C)
+        d_sl.append(law.slope_d)
+        b_sl.append(law.slope_b)
+    q = lambda v: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5)))
+    return q(d_sl), q(b_sl)
+
+
 # --------------------------------------------------------------------------------------------
 # section 6: variance lag
 # --------------------------------------------------------------------------------------------

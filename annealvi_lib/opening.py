@@ -219,7 +219,10 @@ def plot_schedules(beta_i: float, t0: float, n_iter: int, ax=None):
     ax.set_yscale("log")
     ax.set_xlabel("step $t$")
     ax.set_ylabel(r"inverse temperature $\beta(t)$")
-    ax.axvline(t0, color="gray", ls=":", lw=1)
+    # t0 as a light band behind the curves (the step schedule jumps exactly there), labelled
+    ax.axvline(t0, color="0.6", lw=6, alpha=0.3, zorder=0)
+    ax.annotate("$t_0$", xy=(t0, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                textcoords="offset points", ha="center", va="bottom", fontsize=10)
     ax.legend(title=f"$\\beta_i={beta_i:.3g}$, $t_0={t0:g}$", fontsize=9, loc="upper left",
               bbox_to_anchor=(1.01, 1.0))
     return fig

@@ -47,8 +47,8 @@ def set_style() -> None:
         "savefig.dpi": 300,
         "savefig.bbox": "tight",
         "legend.frameon": False,
-        "legend.fontsize": 9,
-        "font.size": 10,
+        "legend.fontsize": 10,
+        "font.size": 11,
         "image.cmap": "viridis",
     })
     _retina_inline()
