@@ -569,7 +569,7 @@ def plot_validation(val: ValidationResult, C: OdeCheckConfig):
         ax[0].plot(tau, val.stat("sim", k), c, lw=2.5, alpha=0.45, label=f"{names[k]} simulation")
         ax[0].plot(tau, val.stat("ode3", k), c, ls="--", lw=1)
         ax[0].plot(tau, val.stat("ode5n", k), "k:", lw=1)
-    ax[0].plot([], [], "k--", lw=1, label="3-stat ODE")
+    ax[0].plot([], [], color="0.45", ls="--", lw=1, label="3-stat ODE (dashed, colour of its statistic)")
     ax[0].plot([], [], "k:", lw=1, label="5-stat + finite-B")
     ax[0].set(xlabel=r"$\tau=\eta t$", ylabel="overlap", ylim=(-1.05, 1.05),
               title=f"$d={p.d}$, $B={p.batch}$, exp schedule")

@@ -265,8 +265,11 @@ def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float) -> dic
         f"[{lo[i_hot, jm]:.2f}, {hi[i_hot, jm]:.2f}] from the hottest start "
         f"$\\beta_i$ = {B[i_hot]:.3g} against {pc[i_optm, jm]:.2f} "
         f"[{lo[i_optm, jm]:.2f}, {hi[i_optm, jm]:.2f}] from its best start "
-        f"$\\beta_i$ = {B[i_optm]:.3g}; the GMM student {pg[i_hot, jm]:.2f} from the hottest "
-        f"and {pg[i_opt_g, jm]:.2f} from its best, $\\beta_i$ = {B[i_opt_g]:.3g}. " + (
+        f"$\\beta_i$ = {B[i_optm]:.3g}; " + (
+            f"the GMM student {pg[i_hot, jm]:.2f}, its best start being the hottest. "
+            if i_opt_g == i_hot else
+            f"the GMM student {pg[i_hot, jm]:.2f} from the hottest and {pg[i_opt_g, jm]:.2f} from "
+            f"its best, $\\beta_i$ = {B[i_opt_g]:.3g}. ") + (
             "For the flow a very hot start *hurts* at this budget (the intervals do not "
             "overlap)" if lo[i_hot, jm] > hi[i_optm, jm] else
             "The intervals of the flow's hottest and best starts overlap: no significant "

@@ -281,13 +281,31 @@ function geometry() {
       .filter(e => e.offsetParent !== null && !e.closest('table, mjx-container[display="true"]')
                    && e.getBoundingClientRect().right > right + 1)
       .map(e => `${Math.round(e.getBoundingClientRect().width)}px: ${(e.textContent || '').slice(0, 50)}`);
+  // table cells whose words are split inside over two lines (a number read as two numbers);
+  // a line break after a hyphen between two words is ordinary typesetting
+  const splitCells = [];
+  for (const cell of article.querySelectorAll('td, th')) {
+    for (const word of (cell.textContent || '').trim().split(/[\s\-\u2010-\u2013]+/)) {
+      if (!word || word.length < 2) continue;
+      const r = document.createRange();
+      const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const k = n.nodeValue.indexOf(word);
+        if (k < 0) continue;
+        r.setStart(n, k); r.setEnd(n, k + word.length);
+        const tops = new Set([...r.getClientRects()].map(b => Math.round(b.top)));
+        if (tops.size > 1) splitCells.push(word);
+        break;
+      }
+    }
+  }
   // multi-panel figures keep a readable width on a phone (they scroll sideways in their box)
   const narrowWide = [...article.querySelectorAll('figure.wide-figure img')]
       .filter(i => i.clientWidth > 0 && i.clientWidth < 600)
       .map(i => `${i.src.split('/').pop()} at ${i.clientWidth}px`);
   return {columnWidth: col, viewportWidth: document.documentElement.clientWidth,
           pageWidth: document.documentElement.scrollWidth, wide, soft, invisible, clipped,
-          narrowWide,
+          narrowWide, splitCells: splitCells.slice(0, 5),
           bodyLum, theme: document.documentElement.dataset.theme || null,
           hiddenImgs: [...article.querySelectorAll('img')]
               .filter(i => i.naturalWidth > 0 && i.clientWidth === 0).map(i => i.src)};
@@ -426,6 +444,7 @@ def test_page_on_a_phone_and_in_dark_mode(site, browser, page):
         f"{page} (400px): page {info['pageWidth']}px wide, scrolls sideways")
     assert not info["hiddenImgs"], f"{page} (400px): figures not shown: {info['hiddenImgs']}"
     assert not info["clipped"], f"{page} (400px): inline formulas cut at the edge: {info['clipped']}"
+    assert not info["splitCells"], f"{page} (400px): table words split over lines: {info['splitCells']}"
     assert not info["narrowWide"], (
         f"{page} (400px): multi-panel figures shrunk below 600px: {info['narrowWide']}")
     info, errors, _ = _open(browser, base + page, screenshot=shots / f"{stem}__dark.png",
