@@ -213,7 +213,7 @@ class GMMGridConfig:
     # no-annealing row (beta = 1 throughout, variance 1 at the start): dimensions, seeds, steps
     vanilla_dims: tuple = (128, 512)
     vanilla_seeds: int = 400
-    vanilla_steps: int = 600
+    vanilla_steps: int = 400
 
     def __post_init__(self):
         _check_problem(self)
@@ -336,8 +336,8 @@ def _book() -> Preset:
         # the paper's grid itself (100 seeds); the side studies are reduced: the exact O(B d)
         # sampler costs ~6 ms per seed-step, so its validation uses 4 shorter cells x 48 seeds
         gmm_grid=GMMGridConfig(problem=Problem(d=512, batch=1024), n_seeds=100,
-                               validation_cells=((-3.0, 100.0), (-2.0, 200.0), (-1.0, 300.0),
-                                                 (0.0, 200.0)),
+                               validation_cells=((-3.0, 100.0), (-2.0, 100.0), (-1.0, 200.0),
+                                                 (0.0, 100.0)),
                                validation_seeds=48, sensitivity_batches=(64, 256, 1024, 4096),
                                sensitivity_seeds=100, guidance_seeds=200),
         realnvp_grid=RealNVPGridConfig(

@@ -227,7 +227,9 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
         prob = dataclasses.replace(p, d=int(dim))
         cfg = dataclasses.replace(G, problem=prob, log10_beta_r2=(k_one,), t0s=(1.0,),
                                   n_iter_extra=G.vanilla_steps - 1, n_seeds=G.vanilla_seeds)
-        r = run_grid("gmm", cfg, workers=workers).summary[0]
+        res = run_grid("gmm", cfg, workers=workers)
+        r = res.summary[0]
+        s_end = np.array([run["s"] for run in res.runs], float)
         ode = C.ode_collapse_probability(np.array([[1.0]]), np.array([[1.0]]), d=int(dim),
                                          R=p.R, w_star=p.w_star, lr=p.lr,
                                          key=jax.random.key(key_seed),
@@ -238,7 +240,8 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
                      "p_collapse": r["p_collapse"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                      "independent means": C.vanilla_probability(d=int(dim), R=p.R, w_star=p.w_star),
                      "closed form": float(math.erf(math.sqrt(dim) * eps)),
-                     "ODE-propagated": float(ode.p.ravel()[0])})
+                     "ODE-propagated": float(ode.p.ravel()[0]),
+                     "undecided": int(np.sum(np.abs(s_end[np.isfinite(s_end)]) < 0.9))})
     return rows
 
 
