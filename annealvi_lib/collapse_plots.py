@@ -68,7 +68,8 @@ def agreement_table(arrays: dict, theories: dict[str, np.ndarray], mask=None) ->
 
 
 def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                 iso_label: str = "theory $p=0.5$", R: float = 3.0, title: str = ""):
+                 iso_label: str = "theory $p=0.5$", R: float = 3.0, title: str = "",
+                 undecided_max: float = 0.1):
     """Heat map of the measured collapse probability over (beta_i, t0).
 
     Args:
@@ -76,6 +77,8 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
       iso_fn: optional ``(beta_i_grid, t0_grid) -> p`` evaluated on a fine grid to draw its
         ``p = 0.5`` iso-line.
       R: mode distance, for the ``beta_i R^2`` axis labels.
+      undecided_max: cells where more than this fraction of the finished runs is still
+        undecided at the end (``arrays["n_undecided"]``, if present) are hatched.
     """
     betas, t0s = arrays["beta_is"], arrays["t0s"]
     x = np.log10(betas * R**2)
@@ -97,6 +100,19 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
                     color="white" if p < 0.6 else "black", zorder=4,
                     path_effects=[pe.withStroke(linewidth=3, foreground=cmap(p))])
     fig.colorbar(im, ax=ax, label=r"measured $P_{\rm collapse}$")
+    handles = []
+    if "n_undecided" in arrays:
+        from matplotlib.patches import Rectangle
+
+        frac = arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
+        for i in range(betas.size):
+            for j in range(t0s.size):
+                if frac[i, j] > undecided_max:
+                    ax.add_patch(Rectangle((x[i] - dx / 2, t0s[j] - dt / 2), dx, dt, fill=False,
+                                           hatch="///", edgecolor="0.85", lw=0, zorder=2))
+        if (frac > undecided_max).any():
+            handles.append(Rectangle((0, 0), 1, 1, fill=False, hatch="///", edgecolor="0.3",
+                                     label=f"> {undecided_max:.0%} of runs undecided at the end"))
     ax.grid(False)   # grid lines would cut through the cells
     if iso_fn is not None:
         xf = np.linspace(x[0] - dx / 2, x[-1] + dx / 2, 200)
@@ -111,8 +127,11 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
                         zorder=3)
         cs.set_path_effects(halo)
         ax.plot([], [], "--", color="black", lw=1.4, label=iso_label)
+    lines, labels = ax.get_legend_handles_labels()
+    if lines or handles:
         # above the plot, not over the top row of cells
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, frameon=False)
+        ax.legend(lines + handles, labels + [h.get_label() for h in handles], loc="lower left",
+                  bbox_to_anchor=(0.0, 1.0), fontsize=9, frameon=False, ncol=1)
     ax.set_xlabel(r"$\log_{10}(\beta_i R^2)$")
     ax.set_ylabel(r"annealing time $t_0$ (steps)")
     if title:

@@ -38,11 +38,26 @@ def default_workers(preset_name: str) -> int:
     return 1 if preset_name == "quick" else min(2, os.cpu_count() or 1)
 
 
+#: A run whose final |s| is below this has not settled on an outcome (chapter 1's criterion).
+SETTLED_S = 0.9
+
+
 def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
-    """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``."""
+    """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``. The arrays
+    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S``,
+    classified by the sign of ``s`` although they have not settled when the run stops."""
     t = time.perf_counter()
     res = run_grid("gmm", G, workers=workers, progress=progress)
-    return summary_arrays(res.summary), time.perf_counter() - t
+    A = summary_arrays(res.summary)
+    und = np.zeros(A["p_collapse"].shape)
+    for run in res.runs:
+        s_end = float(run["s"])
+        if np.isfinite(s_end) and abs(s_end) < SETTLED_S:
+            i = int(np.searchsorted(A["beta_is"], run["beta_i"]))
+            j = int(np.searchsorted(A["t0s"], run["t0"]))
+            und[i, j] += 1
+    A["n_undecided"] = und
+    return A, time.perf_counter() - t
 
 
 class TheoryGrid(NamedTuple):
@@ -295,6 +310,8 @@ def fig_mechanism(preset: Preset):
 def fig_stability(preset: Preset):
     G = preset.gmm_grid
     betas, a1, _, _, lam = stability_scan(G)
+    keep = betas <= 1.0                     # the physical range: beta never exceeds 1
+    betas, a1, lam = betas[keep], a1[keep], lam[keep]
     R = G.problem.R
     return plot_stability(betas, a1, lam, R * np.sqrt(betas) / np.sqrt(2 * np.pi), R,
                           C.critical_beta(R, G.problem.w_star), C.PAPER_ALPHA)

@@ -214,12 +214,14 @@ def _fmt_drops(B, mat, rows) -> str:
                      f"{float(mat[i, -1]):.2f}" for i in rows)
 
 
-def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float) -> dict[str, str]:
+def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float,
+             problem: tuple[int, float, float] | None = None) -> dict[str, str]:
     """The chapter's comparisons of the flow with the GMM student, as Markdown sentences.
 
     Args:
       fg: the RealNVP grid; pg: the GMM grid on the same cells (shape of ``fg.pc``);
       hl: :func:`highlights` of ``fg``; beta_c: the GMM's critical beta (:func:`critical_beta`).
+      problem: ``(d, R, w_star)`` of the target, for the no-annealing formula of chapter 3.
     Returns:
       ``{"v_vanilla", "v_rate_below", "v_rate_above", "v_above_compare", "v_hot"}`` -> text:
       collapse without annealing; shortest-to-longest-t0 change for annealed rows hotter / colder
@@ -231,13 +233,18 @@ def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float) -> dic
     out = {}
     # 1. no annealing
     pg_van = float(np.nanmean(pg[~ann])) if (~ann).any() else float("nan")
+    from .collapse import vanilla_probability
+
+    d_dim = int(problem[0]) if problem else 0
+    p_ind = vanilla_probability(d=problem[0], R=problem[1], w_star=problem[2]) if problem else float("nan")
     out["v_vanilla"] = (
         f"the flow collapses with probability {hl.p_vanilla:.2f} and the GMM student with "
         f"{pg_van:.2f}. " + (
-            "The flow is *more* collapse-prone than the GMM at this dimension: the GMM's "
-            "collapse probability without annealing is set by the random initial overlap "
-            "$m_1 - m_2 \\sim \\mathcal N(0, 2/d)$, which is large at small $d$, while the flow "
-            "starts from $\\mathcal N(0, I)$, a single bump that the heavy mode pulls over."
+            "The flow is *more* collapse-prone than the GMM at this dimension. Without "
+            "annealing each GMM mean goes to the mode on its side, independently (chapter 3: "
+            f"$\\Phi(\\sqrt d\\,\\varepsilon)^2+\\Phi(-\\sqrt d\\,\\varepsilon)^2$ = {p_ind:.2f} at "
+            f"$d$ = {d_dim}), while the flow starts from $\\mathcal N(0, I)$, a single bump that "
+            "the heavy mode pulls over."
             if hl.p_vanilla > pg_van + 0.1 else
             "Both are collapse-prone, as in the paper."))
     # 2. slower annealing helps, below and above beta_c
