@@ -91,7 +91,7 @@ def theory_grid(G: GMMGridConfig, seed: int = 1) -> TheoryGrid:
 
 
 def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1.0, mask=None,
-                        alphas=np.linspace(0.2, 2.0, 361), n_boot: int = 400, seed: int = 0):
+                        alphas=np.linspace(0.2, 2.0, 1801), n_boot: int = 400, seed: int = 0):
     """Maximum-likelihood alpha of the closed form (with ``growth``, see
     :func:`annealvi_lib.collapse.collapse_probability`) given binomial counts ``k`` of ``n`` per
     cell, with a 95% interval that does not assume the closed form is true: a percentile
