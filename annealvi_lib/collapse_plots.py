@@ -6,6 +6,7 @@ return matplotlib figures, so the book and the ``figures`` CLI draw identical pl
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -59,6 +60,11 @@ def agreement_table(arrays: dict, theories: dict[str, np.ndarray], mask=None) ->
     rows = []
     for name, p_th in theories.items():
         sel = np.ones_like(n_ok, bool) if mask is None else np.asarray(mask, bool)
+        if not sel.any():                  # nothing selected (e.g. a tiny preset): no numbers
+            rows.append({"theory": name, "cells": 0, "mean_abs_dp": math.nan,
+                         "max_abs_dp": math.nan, "mean_z": math.nan, "max_z": math.nan,
+                         "frac_within_2se": math.nan})
+            continue
         z = z_scores(arrays["n_collapsed"], n_ok, p_th)[sel]
         d = np.abs(arrays["p_collapse"] - p_th)[sel]
         rows.append({"theory": name, "cells": int(sel.sum()), "mean_abs_dp": float(d.mean()),

@@ -109,6 +109,8 @@ def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1
     p = G.problem
     sel = np.ones(np.shape(k), bool) if mask is None else np.asarray(mask, bool)
     k, n = np.asarray(k, float)[sel], np.asarray(n, float)[sel]
+    if k.size == 0:                        # no cell selected (e.g. a tiny preset)
+        return math.nan, math.nan, math.nan, math.nan
     q = np.stack([C.collapse_probability(T.BB, T.TT, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
                                          alpha=a, growth=growth)[sel] for a in alphas])
     q = np.clip(q, 1e-9, 1 - 1e-9)
@@ -137,6 +139,8 @@ def fit_alpha(A: dict, T: TheoryGrid, G: GMMGridConfig, alphas=np.linspace(0.3, 
     """
     p = G.problem
     sel = np.ones(A["n_runs"].shape, bool) if mask is None else np.asarray(mask, bool)
+    if not sel.any():
+        return math.nan, math.nan, math.nan
     n_ok = np.where(sel, A["n_runs"] - A["n_failed"], 0)
     k = np.where(sel, A["n_collapsed"], 0)
 

@@ -64,3 +64,9 @@ def test_plots_draw():
     assert len(fig.axes) == 2 and len(fig.legends[0].get_texts()) == b.size
     fig = plot_vs_rate(A, {"curve": (np.array([1.01, 1.1]), np.array([0.2, 0.8]))})
     assert fig.axes[0].get_xscale() == "log"
+
+
+def test_agreement_table_with_no_selected_cell_reports_no_numbers():
+    A = summary_arrays(_summary())
+    (row,) = agreement_table(A, {"t": A["p_collapse"]}, mask=np.zeros((2, 2), bool))
+    assert row["cells"] == 0 and np.isnan(row["mean_z"]) and np.isnan(row["max_abs_dp"])
