@@ -15,9 +15,19 @@ import numpy as np
 from .plotting import PALETTE
 from .schedules import annealing_rate
 
-__all__ = ["summary_arrays", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
-           "plot_heatmap", "plot_slices", "plot_mechanism", "plot_stability", "plot_vs_rate",
-           "plot_symmetric_branch"]
+__all__ = ["SETTLED_S", "UNDECIDED_MAX", "summary_arrays", "undecided_counts",
+           "undecided_fraction", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
+           "ROW_MARKERS", "ROW_COLOURS", "plot_heatmap", "plot_slices", "plot_mechanism",
+           "plot_stability", "plot_vs_rate", "plot_symmetric_branch"]
+
+#: A run has *settled* when its final overlap is this close to one of the two outcomes,
+#: ``|s| >= 0.9`` (collapsed runs approach s = +1, covering runs s = -1); below it the run is
+#: still *undecided* and the sign of its s is not yet an outcome.
+SETTLED_S = 0.9
+
+#: A grid cell is reported as truncated when more than this fraction of its finished runs is
+#: still undecided when the runs stop.
+UNDECIDED_MAX = 0.1
 
 
 def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -32,6 +42,24 @@ def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
             out[k][i, j] = r[k]
     out["beta_is"], out["t0s"] = betas, t0s
     return out
+
+
+def undecided_counts(runs: Sequence[dict], beta_is, t0s) -> np.ndarray:
+    """Finished runs still undecided (final ``|s| < SETTLED_S``) per cell, shape
+    ``(len(beta_is), len(t0s))``, from per-run rows with keys ``beta_i``, ``t0``, ``s`` (e.g.
+    :class:`annealvi_lib.grid.GridResult` ``.runs``; axes as in :func:`summary_arrays`)."""
+    out = np.zeros((len(beta_is), len(t0s)))
+    for run in runs:
+        s_end = float(run["s"])
+        if np.isfinite(s_end) and abs(s_end) < SETTLED_S:
+            out[np.searchsorted(beta_is, run["beta_i"]), np.searchsorted(t0s, run["t0"])] += 1
+    return out
+
+
+def undecided_fraction(arrays: dict) -> np.ndarray:
+    """``n_undecided / finished runs`` per cell of :func:`summary_arrays` output that carries
+    ``n_undecided`` (see :func:`annealvi_lib.gmm_study.mc_grid`)."""
+    return arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
 
 
 def z_scores(k, n, p_theory):
@@ -75,7 +103,7 @@ def agreement_table(arrays: dict, theories: dict[str, np.ndarray], mask=None) ->
 
 def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  iso_label: str = "theory $p=0.5$", R: float = 3.0, title: str = "",
-                 undecided_max: float = 0.1):
+                 undecided_max: float = UNDECIDED_MAX):
     """Heat map of the measured collapse probability over (beta_i, t0).
 
     Args:
@@ -110,7 +138,7 @@ def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.nda
     if "n_undecided" in arrays:
         from matplotlib.patches import Rectangle
 
-        frac = arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
+        frac = undecided_fraction(arrays)
         for i in range(betas.size):
             for j in range(t0s.size):
                 if frac[i, j] > undecided_max:
@@ -187,9 +215,9 @@ def plot_slices(arrays: dict, theories: dict[str, np.ndarray], R: float = 3.0, n
 
 
 #: One marker per row of a rate plot, so that rows stay apart where their colours are close.
-_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
+ROW_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
 #: Row colours of a rate plot: the palette without black (black is the theory curve) plus grey.
-_ROW_COLOURS = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f", "#882255"]
+ROW_COLOURS = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f", "#882255"]
 
 
 def _rate_rows(ax, arrays, rows, curves, R, label_prefix):
@@ -201,8 +229,8 @@ def _rate_rows(ax, arrays, rows, curves, R, label_prefix):
         rate = annealing_rate(b, t0s) - 1.0
         p = arrays["p_collapse"][i]
         ax.errorbar(rate, p, yerr=[p - arrays["ci_low"][i], arrays["ci_high"][i] - p],
-                    fmt=_MARKERS[i % len(_MARKERS)], ms=4, capsize=2, lw=1,
-                    color=_ROW_COLOURS[i % len(_ROW_COLOURS)],
+                    fmt=ROW_MARKERS[i % len(ROW_MARKERS)], ms=4, capsize=2, lw=1,
+                    color=ROW_COLOURS[i % len(ROW_COLOURS)],
                     label=f"{label_prefix}$\\beta_iR^2=10^{{{_exp10(b * R**2)}}}$")
     for c, (name, (rate, pc)) in zip(["k", "gray", PALETTE[1]], (curves or {}).items()):
         ax.plot(np.asarray(rate) - 1.0, pc, "-", color=c, lw=1.6, label=name)
@@ -360,12 +388,12 @@ def markdown_table(rows: Sequence[dict], digits: int = 3,
       rows: the table rows.
       digits: decimals of floats without a format of their own; a float with an integral value
         is printed as an integer (``200``, not ``200.000``).
-      columns: key -> (header, format such as ``"{:.2f}"`` or ``None``), default
-        :data:`TABLE_COLUMNS`; keys not listed keep their name.
+      columns: key -> (header, format such as ``"{:.2f}"`` or ``None``), added to (and
+        overriding) :data:`TABLE_COLUMNS`; keys listed in neither keep their name.
     """
     if not rows:
         return ""
-    columns = TABLE_COLUMNS if columns is None else columns
+    columns = {**TABLE_COLUMNS, **(columns or {})}
     cols = list(rows[0].keys())
 
     def fmt(v, spec=None):

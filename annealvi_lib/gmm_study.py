@@ -19,9 +19,9 @@ import numpy as np
 
 from . import collapse as C
 from . import theory
-from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices, plot_stability,
-                             plot_symmetric_branch,
-                             plot_vs_rate, summary_arrays)
+from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices,
+                             plot_stability, plot_symmetric_branch, plot_vs_rate, summary_arrays,
+                             undecided_counts, z_scores)
 from .config import GMMGridConfig, Preset, grid_beta
 from .figures import register
 from .grid import run_grid
@@ -38,25 +38,14 @@ def default_workers(preset_name: str) -> int:
     return 1 if preset_name == "quick" else min(2, os.cpu_count() or 1)
 
 
-#: A run whose final |s| is below this has not settled on an outcome (chapter 1's criterion).
-SETTLED_S = 0.9
-
-
 def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
     """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``. The arrays
-    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S``,
+    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S`` (:mod:`annealvi_lib.collapse_plots`),
     classified by the sign of ``s`` although they have not settled when the run stops."""
     t = time.perf_counter()
     res = run_grid("gmm", G, workers=workers, progress=progress)
     A = summary_arrays(res.summary)
-    und = np.zeros(A["p_collapse"].shape)
-    for run in res.runs:
-        s_end = float(run["s"])
-        if np.isfinite(s_end) and abs(s_end) < SETTLED_S:
-            i = int(np.searchsorted(A["beta_is"], run["beta_i"]))
-            j = int(np.searchsorted(A["t0s"], run["t0"]))
-            und[i, j] += 1
-    A["n_undecided"] = und
+    A["n_undecided"] = undecided_counts(res.runs, A["beta_is"], A["t0s"])
     return A, time.perf_counter() - t
 
 
@@ -104,8 +93,6 @@ def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1
     Returns ``(alpha_hat, low, high, mean_abs_z)``; ``mean_abs_z`` is the fit quality, the mean
     binomial z-score of the fitted closed form over the selected cells.
     """
-    from .collapse_plots import z_scores
-
     p = G.problem
     sel = np.ones(np.shape(k), bool) if mask is None else np.asarray(mask, bool)
     k, n = np.asarray(k, float)[sel], np.asarray(n, float)[sel]
@@ -248,7 +235,6 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
                                   n_iter_extra=G.vanilla_steps - 1, n_seeds=G.vanilla_seeds)
         res = run_grid("gmm", cfg, workers=workers)
         r = res.summary[0]
-        s_end = np.array([run["s"] for run in res.runs], float)
         ode = C.ode_collapse_probability(np.array([[1.0]]), np.array([[1.0]]), d=int(dim),
                                          R=p.R, w_star=p.w_star, lr=p.lr,
                                          key=jax.random.key(key_seed),
@@ -260,7 +246,7 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
                      "independent means": C.vanilla_probability(d=int(dim), R=p.R, w_star=p.w_star),
                      "closed form": float(math.erf(math.sqrt(dim) * eps)),
                      "ODE-propagated": float(ode.p.ravel()[0]),
-                     "undecided": int(np.sum(np.abs(s_end[np.isfinite(s_end)]) < 0.9))})
+                     "undecided": int(undecided_counts(res.runs, [r["beta_i"]], [r["t0"]])[0, 0])})
     return rows
 
 
@@ -388,7 +374,6 @@ class RateAgreement(NamedTuple):
 
 def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
     """Compare every cell of the grid ``A`` with the hot-start curve at its own rate."""
-    from .collapse_plots import z_scores
     from .schedules import annealing_rate
 
     p = G.problem

@@ -24,6 +24,7 @@ from scipy.stats import norm
 
 from . import __version__
 from .cache import load_npz, save_npz_atomic, source_hash
+from .collapse_plots import SETTLED_S
 from .config import DemoConfig
 from .plotting import SCHEDULE_LABELS, SCHEDULE_STYLES
 from .schedules import SCHEDULES, Schedule
@@ -37,11 +38,6 @@ __all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_c
            "PAPER_VANILLA_STEPS"]
 
 ARMS = ("vanilla", "covering", "annealed")
-
-#: A run has *settled* when its overlap is this close to one of the two outcomes, |s| >= 0.9
-#: (collapsed runs approach s = +1, covering runs s = -1); in between it is still undecided, and
-#: its sign at that moment is a coin flip rather than an outcome.
-SETTLED_S = 0.9
 
 #: Length of the paper's vanilla runs (its opening figure).
 PAPER_VANILLA_STEPS = 100
@@ -249,11 +245,17 @@ def outcome_counts(run: OpeningRun, step: int = -1) -> dict[str, int]:
     undecided runs by the sign they happen to have)."""
     s = np.asarray(run.traj.s[:, step], dtype=float)
     ok = np.isfinite(s)
-    return {"collapsed": int((s[ok] >= SETTLED_S).sum()),
-            "covered": int((s[ok] <= -SETTLED_S).sum()),
-            "undecided": int((np.abs(s[ok]) < SETTLED_S).sum()),
+    kinds = _outcome_kinds(s[ok])
+    return {**{k: int((kinds == k).sum()) for k in ("collapsed", "covered", "undecided")},
             "failed": int((~ok).sum()), "sign_collapsed": int((s[ok] > 0).sum()),
             "n": int(ok.sum())}
+
+
+def _outcome_kinds(s) -> np.ndarray:
+    """``"collapsed"`` (s >= SETTLED_S), ``"covered"`` (s <= -SETTLED_S) or ``"undecided"`` per
+    finite final overlap."""
+    s = np.asarray(s, dtype=float)
+    return np.where(s >= SETTLED_S, "collapsed", np.where(s <= -SETTLED_S, "covered", "undecided"))
 
 
 def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | None = None):
@@ -272,10 +274,9 @@ def plot_final_overlaps(runs: dict[str, OpeningRun], shown: dict[str, int] | Non
     for name in names:
         run = runs[name]
         ok = ~np.asarray(run.failed, bool)
-        for s_end in np.asarray(run.traj.s[:, -1], dtype=float)[ok]:
-            kind = ("collapsed" if s_end >= SETTLED_S else "covered" if s_end <= -SETTLED_S
-                    else "undecided")
-            rows.append({"arm": name, "s": s_end, "outcome": labels[kind]})
+        s_ok = np.asarray(run.traj.s[:, -1], dtype=float)[ok]
+        rows += [{"arm": name, "s": s_end, "outcome": labels[kind]}
+                 for s_end, kind in zip(s_ok, _outcome_kinds(s_ok))]
     df = pd.DataFrame(rows)
     # settled runs pile up at s = +-1: give each arm's swarm the height its largest pile needs
     n_max = max(int((~np.asarray(runs[name].failed, bool)).sum()) for name in names)

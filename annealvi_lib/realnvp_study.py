@@ -27,7 +27,7 @@ from .schedules import Schedule, annealing_rate
 
 __all__ = ["DEMO_ARMS", "DemoSetting", "demo_setting", "demo_runs", "demo_summary", "FlowGrid",
            "flow_grid", "gmm_comparison_config", "gmm_comparison", "Highlights", "highlights",
-           "critical_beta", "verdicts", "NORM_CHOICES", "norm_cells", "norm_comparison",
+           "verdicts", "NORM_CHOICES", "norm_cells", "norm_comparison",
            "norms_overlap", "norm_verdict", "plot_demo_run", "plot_flow_heatmap", "plot_rate",
            "rate_verdict",
            "plot_flow_vs_gmm", "gmm_comparison_cells"]
@@ -199,15 +199,6 @@ def highlights(fg: FlowGrid) -> Highlights:
                       i_opt0=_argmin_annealed(pc[:, 0], ann))
 
 
-def critical_beta(R: float, w_star: float) -> float:
-    """The critical inverse temperature of the GMM student derived in chapter 3 (linear
-    stability of the antipodal state, :func:`annealvi_lib.collapse.critical_beta`), the same
-    value chapter 3 uses -- not the paper's ``0.608 / R^2``."""
-    from .collapse import critical_beta as derived
-
-    return derived(R, w_star)
-
-
 def _fmt_drops(B, mat, rows) -> str:
     """``beta_i = b: P(shortest t0) -> P(longest t0)`` for each row index in ``rows``."""
     return "; ".join(f"$\\beta_i$ = {float(B[i]):.3g}: {float(mat[i, 0]):.2f} → "
@@ -220,7 +211,8 @@ def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float,
 
     Args:
       fg: the RealNVP grid; pg: the GMM grid on the same cells (shape of ``fg.pc``);
-      hl: :func:`highlights` of ``fg``; beta_c: the GMM's critical beta (:func:`critical_beta`).
+      hl: :func:`highlights` of ``fg``; beta_c: the GMM's critical beta
+        (:func:`annealvi_lib.collapse.critical_beta`).
       problem: ``(d, R, w_star)`` of the target, for the no-annealing formula of chapter 3.
     Returns:
       ``{"v_vanilla", "v_rate_below", "v_rate_above", "v_above_compare", "v_hot"}`` -> text:
@@ -441,7 +433,7 @@ def plot_rate(fg: FlowGrid):
     curve between them), legend beside the axes."""
     import matplotlib.pyplot as plt
 
-    from .collapse_plots import _MARKERS, _ROW_COLOURS
+    from .collapse_plots import ROW_COLOURS, ROW_MARKERS
 
     B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
     fig, ax = plt.subplots(figsize=(6.6, 4))
@@ -450,7 +442,7 @@ def plot_rate(fg: FlowGrid):
             continue
         rate = annealing_rate(b, T)
         ax.errorbar(rate - 1, pc[i], yerr=[pc[i] - lo[i], hi[i] - pc[i]], ls="none",
-                    marker=_MARKERS[i % len(_MARKERS)], color=_ROW_COLOURS[i % len(_ROW_COLOURS)],
+                    marker=ROW_MARKERS[i % len(ROW_MARKERS)], color=ROW_COLOURS[i % len(ROW_COLOURS)],
                     capsize=3, ms=6, label=rf"$\beta_i$ = {b:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
