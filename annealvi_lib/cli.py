@@ -1,4 +1,4 @@
-"""Command line: ``python -m annealvi_lib {grid,merge,figures} ...``.
+"""Command line: ``python -m annealvi_lib {grid,merge,figures,theory,batch-scan} ...``.
 
 Bad arguments exit with status 2 and a one-line message naming the option.
 """
@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import PRESET_NAMES, get_preset
+from .config import PRESET_NAMES, SAMPLINGS, get_preset
 
 __all__ = ["main", "build_parser"]
 
@@ -66,11 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annealing times in steps, comma-separated, each > 0 (default: preset)")
     g.add_argument("--seeds", type=int, default=None, help="replicates per cell (default: preset)")
     g.add_argument("--batch", type=int, default=None,
-                   help="Monte-Carlo batch (GMM: samples per component) (default: preset)")
+                   help="Monte-Carlo batch B (GMM: samples per component with --sampling "
+                        "stratified, samples in total with --sampling categorical; RealNVP: flow "
+                        "samples per step) (default: preset)")
     g.add_argument("--n-iter-extra", type=int, default=None,
                    help="steps after t0: each run has n_iter = t0 + this (default: preset)")
     g.add_argument("--sampler", choices=["exact", "fast"], default=None,
                    help="GMM sampler: O(B d) exact or O(B + d) fast (default: preset's, fast)")
+    g.add_argument("--sampling", choices=SAMPLINGS, default=None,
+                   help="GMM Monte-Carlo protocol: B samples from each component (stratified) or "
+                        "B in total with labels drawn from the weights (categorical, the official "
+                        "code's) (default: preset's; categorical for paper, stratified otherwise)")
     g.add_argument("--seed", type=int, default=None, help="master seed (default: preset's, 0)")
     g.add_argument("--shard", default=None, metavar="K/N",
                    help="run only cells i with i %% N == K (0 <= K < N), for job arrays")
@@ -99,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results cache folder (default: $ANNEALVI_CACHE or <repo>/results)")
     f.add_argument("--list", action="store_true", help="list the figure names with their chapter")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    t = sub.add_parser("theory", formatter_class=fmt,
+                       help="the collapse-probability theories on a preset's GMM grid",
+                       description="Write DIR/theory_grid.csv with columns beta_i, t0, p_closed "
+                                   "(the paper's formula, derived alpha), p_closed_corrected "
+                                   "(with the sqrt(2) growth and the variance lag), p_ode "
+                                   "(ODE-propagated) and p_stochastic (finite-batch theory) for "
+                                   "the cells of 'grid gmm' at the same preset.")
+    t.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    t.add_argument("--batch", type=int, default=None,
+                   help="batch B of the finite-batch theory (per component with --sampling "
+                        "stratified, in total with categorical) (default: preset)")
+    t.add_argument("--sampling", choices=SAMPLINGS, default=None,
+                   help="sampling protocol of the finite-batch theory (default: preset's)")
+    t.add_argument("--samples", type=int, default=None,
+                   help="initial conditions per cell of the ODE-propagated and finite-batch "
+                        "theories (default: preset)")
+    t.add_argument("--seed", type=int, default=1, help="PRNG seed of the theories")
+    t.add_argument("--out", required=True, help="output folder")
+
+    b = sub.add_parser("batch-scan", formatter_class=fmt,
+                       help="Monte-Carlo batch-size scan on the hottest row (archived)",
+                       description="Run the batch-size scan of chapter 3 (the preset's bscan_* "
+                                   "settings, both sampling protocols at the grid's batch) and "
+                                   "write bscan_points.csv, bscan_runs.csv and provenance.json "
+                                   "into --out (the book reads data/bscan_hottest_row).")
+    b.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--workers", type=int, default=1, help="local worker processes")
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
 
 
@@ -146,6 +182,11 @@ def _grid_config(args):
             changes["problem"] = dataclasses.replace(cfg.problem, batch=batch)
         else:
             changes["batch"] = batch
+    if args.sampling is not None:
+        if args.study != "gmm":
+            raise ValueError("--sampling applies to the gmm study only")
+        changes["problem"] = dataclasses.replace(changes.get("problem", cfg.problem),
+                                                 sampling=args.sampling)
     if args.sampler is not None:
         if args.study != "gmm":
             raise ValueError("--sampler applies to the gmm study only")
@@ -194,8 +235,15 @@ def _cmd_grid(args) -> int:
     out = _check_out_dir("--out", args.out, writable=True)
     cache = _check_out_dir("--cache-dir" if args.cache_dir else "$ANNEALVI_CACHE",
                            cache_dir(args.cache_dir, create=False))
+    if args.study == "gmm":
+        p = cfg.problem
+        per = "per component" if p.sampling == "stratified" else "in total"
+        sampling = f", {p.sampling} sampling (B = {p.batch} {per})"
+    else:
+        sampling = ""
     print(f"[annealvi] {args.study} grid, preset {args.preset}, {len(cfg.beta_is)} x "
-          f"{len(cfg.t0s)} cells x {cfg.n_seeds} seeds; cache: {cache}", file=sys.stderr)
+          f"{len(cfg.t0s)} cells x {cfg.n_seeds} seeds{sampling}; cache: {cache}",
+          file=sys.stderr)
     result = run_grid(args.study, cfg, shard=shard, cache=cache, workers=args.workers,
                       progress=False if args.no_progress else None)
     grid_csv, runs_csv = write_grid_csv(result, out, args.study)
@@ -262,10 +310,60 @@ def _cmd_figures(args) -> int:
     return 0
 
 
+def _cmd_theory(args) -> int:
+    import csv
+
+    from ._validate import MAX_SEED, check_int_range
+    from .gmm_study import THEORY_COLUMNS, theory_grid, theory_rows
+
+    G = get_preset(args.preset).gmm_grid
+    if args.batch is not None:
+        check_int_range("--batch", args.batch, 1, 10**9)
+    if args.samples is not None:
+        n = check_int_range("--samples", args.samples, 1, 10**7)
+        G = dataclasses.replace(G, ode_samples=n, stochastic_samples=n)
+    seed = check_int_range("--seed", args.seed, 0, MAX_SEED)
+    out = _check_out_dir("--out", args.out, writable=True)
+    p = G.problem
+    sampling = args.sampling or p.sampling
+    batch = args.batch or p.batch
+    print(f"[annealvi] theories on the {args.preset} grid: {len(G.beta_is)} x {len(G.t0s)} cells, "
+          f"finite-batch theory at B = {batch} ({sampling}), {G.stochastic_samples} runs per cell",
+          file=sys.stderr)
+    T = theory_grid(G, seed=seed, batch=batch, sampling=sampling)
+    path = out / "theory_grid.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(THEORY_COLUMNS))
+        w.writeheader()
+        for row in theory_rows(T):
+            w.writerow({k: f"{v:.12g}" for k, v in row.items()})
+    print(f"[annealvi] wrote {path} (ODE {T.ode_seconds:.1f} s, finite-batch {T.stoch_seconds:.1f} s)",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_batch_scan(args) -> int:
+    from ._validate import check_int_at_least
+    from .gmm_study import batch_scan_settings, write_batch_scan
+
+    check_int_at_least("--workers", args.workers, 1)
+    G = get_preset(args.preset).gmm_grid
+    out = _check_out_dir("--out", args.out, writable=True)
+    pts = ", ".join(f"{B} {s}" for B, s in batch_scan_settings(G))
+    print(f"[annealvi] batch scan, preset {args.preset}: log10(beta_i R^2) = {G.bscan_log10:g}, "
+          f"t0 in {G.bscan_t0s}, B in [{pts}], {G.bscan_seeds} seeds per point", file=sys.stderr)
+    command = f"python -m annealvi_lib batch-scan --preset {args.preset} --out {args.out}"
+    folder = write_batch_scan(G, out, workers=args.workers, command=command,
+                              progress=False if args.no_progress else None)
+    print(f"[annealvi] wrote {folder}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures}[args.command]
+    handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures,
+               "theory": _cmd_theory, "batch-scan": _cmd_batch_scan}[args.command]
     try:
         return handler(args)
     except ValueError as exc:          # a user error: bad option or input file

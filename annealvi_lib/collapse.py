@@ -9,11 +9,27 @@ Closed form (the paper's sharp formula). With ``eps = |ln((1-w*)/w*)| / (2 R^2)`
 where ``tau_c`` is the time at which ``beta(tau)`` reaches ``beta_c`` (``I = 0`` if
 ``beta_i >= beta_c``). For the exponential schedule ``beta(tau) = beta_i^{1 - tau/tau0}``,
 ``I = (R/sqrt(2 pi)) (2 tau0 / ln beta_i) (sqrt(beta_i) - sqrt(beta_c)) >= 0`` (both factors are
-negative when ``beta_i < beta_c``). Mechanism: while ``beta < beta_c`` the entropy repulsion keeps
-the means antipodal (``s ~ -1``) and their axis overlap difference ``Delta = m1 - m2`` grows at the
-rate ``R sqrt(beta)/sqrt(2 pi)``; at ``beta_c`` the antipodal state loses stability and both means
-go to the heavy mode unless ``|Delta| e^I >= 2 eps``. With ``Delta(0) ~ N(0, 2/d)`` this gives
-``P = P(|Delta(0)| < 2 eps e^{-I}) = erf(sqrt(d) eps e^{-I})``.
+negative when ``beta_i < beta_c``). This is the paper's heuristic, kept as the paper's formula.
+Its picture: while ``beta < beta_c`` the entropy repulsion keeps the means antipodal (``s ~ -1``)
+and their axis overlap difference ``Delta = m1 - m2`` grows at the rotation rate
+``a = R sqrt(beta)/sqrt(2 pi)``; at ``beta_c`` both means go to the heavy mode unless
+``|Delta| e^I >= 2 eps``; with ``Delta(0) ~ N(0, 2/d)`` this gives ``P = erf(sqrt(d) eps e^{-I})``.
+
+What the derivation actually supports (chapter 3, each step checked numerically):
+
+* for ``w* != 1/2`` the point ``m = 0, s = -1`` is not a fixed point at any beta: ``g(0) != 0``
+  tilts the pair toward the heavy mode. The pair sits on the *symmetric branch*
+  ``m1 = m2 = m_b(beta)``, ``s = 2 m_b^2 - 1`` (:func:`symmetric_branch`), which deforms
+  continuously with beta; ``beta_c`` (where the relative eigenvalue vanishes) is where the
+  linear tilt ``a eps/(2F - a)`` (:func:`linear_tilt`) diverges -- a crossover, not a loss of
+  stability (the rotation mode is unstable at every beta);
+* while the pair becomes antipodal, ``Delta`` grows by ``sqrt(2/(1 - s0)) ~ sqrt(2)``
+  (:func:`antipodal_growth`), which the heuristic leaves out (``growth=sqrt(2)``);
+* the rate is evaluated on the equilibrated variance; the simulation's variance lags behind
+  ``1/beta`` (:func:`lagged_annealing_exponent`, ``variance_lag=True``);
+* the gradient noise, of per-step size ~ ``(lr/beta) sqrt(d/(B beta))``, dominates the hot phase;
+  :func:`stochastic_collapse_probability` adds it (in-span diffusion and perpendicular
+  shrinkage, one Gaussian model with the Monte-Carlo moments).
 
 Critical temperature (derived here, :func:`critical_beta`). Write the two means in the plane of
 ``mu*`` as angles ``theta_k`` (``m_k = sin theta_k``). The tangent ODE of DESIGN 4.1 reads
@@ -26,16 +42,19 @@ with ``F = f(s)`` (equilibrated variances ``u^2 = 1/beta``). At the antipodal st
 ``F = f(s = -1)``. The rigid rotation of the pair (eigenvector (1, 1) when w1 = w2) is always
 unstable with rate ``a = R sqrt(beta)/sqrt(2 pi) (1 + O(1/u^2))``: this is the growth of Delta.
 The relative mode (eigenvector (1, -1): breaking antipodality, ``s`` leaving -1) has eigenvalue
-``a - 2F`` (general weights: ``det J = a1 a2 - F (a1 + a2)``). The antipodal state is stable in
-that direction while ``f(-1; beta) > a1 a2 / (a1 + a2)``; ``beta_c`` is the root. The
+``a - 2F`` (general weights: ``det J = a1 a2 - F (a1 + a2)``). Linearised at the antipodal
+state, that direction is restoring while ``f(-1; beta) > a1 a2 / (a1 + a2)``; ``beta_c`` is the
+root (where the linear tilt diverges: the crossover of the tilted branch, see above). The
 out-of-plane relative mode has eigenvalue ``-2F < 0`` and never destabilises. In the large-R
 limit at fixed ``x = R sqrt(beta)``, ``f(-1) = E sigma(-2 x^2 + 2 x xi)/2`` and ``a = x/sqrt(2 pi)``,
 so ``x_c`` solves ``E sigma(-2 x^2 + 2 x xi) = x / sqrt(2 pi)``: ``alpha_inf = x_c^2 = 0.5834``;
 at R = 3, w* = 0.8 the root gives ``alpha = 0.5863`` (the paper uses 0.608, unexplained there).
 
-Beyond the closed form (:func:`ode_collapse_probability`): integrate the expected discrete JKO
+Beyond the closed form: :func:`ode_collapse_probability` integrates the expected discrete JKO
 map (the ODE of DESIGN 4.1 with the renormalisation done exactly) with or without variance lag
-from exact samples of the initial statistics, for a whole grid of cells in one vmapped scan.
+from exact samples of the initial statistics, for a whole grid of cells in one vmapped scan;
+:func:`stochastic_collapse_probability` adds the finite-batch gradient noise to the same map
+(O(1) work per run and step, independent of B and d).
 Without annealing (beta = 1, var 1 from the start) the means start nearly orthogonal, not
 antipodal, the entropy coupling is weak, and each mean goes to the mode on its side of
 ``m = -eps`` independently: ``P ~ Phi(sqrt(d) eps)^2 + Phi(-sqrt(d) eps)^2`` (0.92 at d = 512),
@@ -59,6 +78,7 @@ from scipy.special import erf, erfinv, lambertw
 from ._validate import check_choice, check_int_at_least, check_open_unit, check_positive
 from .schedules import SCHEDULES
 from . import theory
+from ._rng import fast_threefry
 
 __all__ = [
     "PAPER_ALPHA",
@@ -78,6 +98,12 @@ __all__ = [
     "linear_tilt",
     "antipodal_growth",
     "vanilla_probability",
+    "lagged_annealing_exponent",
+    "SAMPLING_PROTOCOLS",
+    "noise_covariance",
+    "target_pull_correction",
+    "StochasticCollapse",
+    "stochastic_collapse_probability",
 ]
 
 #: The paper's value of alpha = beta_c R^2 (no published derivation).
@@ -285,6 +311,45 @@ def annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha: float, schedul
     return (R / _SQRT_2PI) * lr * t * per
 
 
+def lagged_annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha, schedule: str = "exp",
+                              var0=None):
+    """Amplification exponent with the rotation rate evaluated on the *lagging* variance:
+    ``I_lag = (R / sqrt(2 pi)) lr sum_{t : beta_t < beta_c} v_t^(-1/2)``.
+
+    The closed form assumes equilibrated variances, rate ``R sqrt(beta)/sqrt(2 pi) = R/(sqrt(2 pi)
+    u)`` with ``u^2 = 1/beta``. In the simulation the variance follows
+    ``v <- v (1 - lr w (1 - 1/(beta v)))^2`` from ``1/beta_i`` and lags behind ``1/beta`` while
+    beta rises, so the growth of Delta is slower: the rate is ``R/(sqrt(2 pi) sqrt(v_t))`` step by
+    step (a Riemann sum with ``dtau = lr``; without lag it reproduces :func:`annealing_exponent` to
+    O(lr)).
+
+    Args:
+      beta_i, t0: cells (broadcast arrays; beta_i in (0, 1], t0 > 0 steps).
+      R, lr: problem. alpha: ``beta_c R^2`` (> 0), scalar or 1-d array (a leading axis is added).
+      schedule: a name of :data:`annealvi_lib.schedules.SCHEDULES`. var0: initial variance(s)
+        (default ``1/beta_i``).
+    Returns:
+      I_lag with the broadcast shape of (beta_i, t0), preceded by alpha's axis if alpha is an array.
+    """
+    R = check_positive("R", R)
+    lr = check_positive("lr", lr)
+    check_choice("schedule", schedule, tuple(SCHEDULES))
+    al = _arr("alpha", alpha, lo=0.0)
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    t = _arr("t0", t0, lo=0.0)
+    b, t = np.broadcast_arrays(b, t)
+    shape = b.shape
+    _, betas, v = _cell_paths(b.ravel(), t.ravel(), shape, None, 0, schedule, var0, lr)
+    rate = 1.0 / np.sqrt(v)                                          # (C, T)
+    cum = np.concatenate([np.zeros((rate.shape[0], 1)), np.cumsum(rate, axis=1)], axis=1)
+    beta_c = np.atleast_1d(al) / R**2
+    # beta(t) is non-decreasing for every schedule: the steps below beta_c are a prefix
+    n_c = np.stack([np.searchsorted(row, beta_c, side="left") for row in betas], axis=1)  # (A, C)
+    I = (R / _SQRT_2PI) * lr * cum[np.arange(cum.shape[0])[None, :], n_c]
+    I = I.reshape((len(beta_c),) + shape)
+    return I[0] if np.ndim(al) == 0 else I
+
+
 def vanilla_probability(*, d: int, R: float, w_star: float):
     """Collapse probability without annealing (beta = 1 and unit variances from the start):
     ``Phi(sqrt(d) eps)^2 + Phi(-sqrt(d) eps)^2``.
@@ -364,7 +429,8 @@ def linear_tilt(beta, *, R: float, w_star: float):
 
 
 def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
-                         alpha: float | None = None, schedule: str = "exp", growth: float = 1.0):
+                         alpha: float | None = None, schedule: str = "exp", growth: float = 1.0,
+                         variance_lag: bool = False):
     """Sharp closed-form collapse probability ``P = erf(sqrt(d) eps e^{-I} / growth)``
     (DESIGN 4.2; ``growth = 1`` is the paper's formula, ``growth = sqrt(2)`` adds the growth of
     Delta while the pair becomes antipodal, :func:`antipodal_growth`).
@@ -377,6 +443,8 @@ def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: flo
         (pass :data:`PAPER_ALPHA` for the paper's value).
       schedule: see :func:`annealing_exponent`.
       growth: factor (>= 1) by which Delta has grown before the amplification phase starts.
+      variance_lag: evaluate the growth rate on the simulation's lagging variance
+        (:func:`lagged_annealing_exponent`) instead of the equilibrated ``1/beta``.
     Returns:
       P with the broadcast shape; ``erf(sqrt(d) eps / growth)`` wherever ``beta_i >= beta_c``.
     """
@@ -388,7 +456,10 @@ def collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: flo
     growth = check_positive("growth", growth)
     if growth < 1.0:
         raise ValueError(f"growth must be >= 1 (Delta never shrinks), got {growth!r}")
-    I = annealing_exponent(beta_i, t0, R=R, lr=lr, alpha=alpha, schedule=schedule)
+    if variance_lag:
+        I = lagged_annealing_exponent(beta_i, t0, R=R, lr=lr, alpha=alpha, schedule=schedule)
+    else:
+        I = annealing_exponent(beta_i, t0, R=R, lr=lr, alpha=alpha, schedule=schedule)
     return erf(math.sqrt(d) * collapse_epsilon(R, w_star) * np.exp(-I) / growth)
 
 
@@ -561,6 +632,35 @@ def _propagate(x0, betas, coef, upos, f_tab, g_tab, stop, lr):
     return s_out
 
 
+def _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr):
+    """Steps per cell, the inverse temperatures (C, T) and the variances (C, T) of every cell:
+    the simulation's deterministic variance map ``v <- v (1 - lr w (1 - 1/(beta v)))^2`` from
+    ``var0`` (default 1/beta_i), the same for every run of a cell (it does not involve the means).
+    """
+    if n_iter is None:
+        n_it = np.ceil(t).astype(int) + n_extra
+    else:
+        n_it = np.broadcast_to(np.asarray(n_iter), shape).ravel()
+        if not np.all(n_it == np.round(n_it)) or np.any(n_it < 0):
+            raise ValueError(f"n_iter must be integers >= 0, got {n_iter!r}")
+        n_it = n_it.astype(int)
+    T = int(n_it.max())
+    steps = np.arange(max(T, 1), dtype=float)
+    fn = SCHEDULES[schedule]
+    betas = np.asarray(fn(steps[None, :], beta_i=b[:, None], t0=t[:, None]), float)  # (C, T)
+    betas = np.broadcast_to(betas, (b.size, steps.size))
+    if var0 is None:
+        v0 = 1.0 / betas[:, 0]
+    else:
+        v0 = np.broadcast_to(_arr("var0", var0, lo=0.0), shape).ravel()
+    v = np.empty_like(betas)
+    v[:, 0] = v0
+    for k in range(1, steps.size):
+        bb = betas[:, k - 1]
+        v[:, k] = v[:, k - 1] * (1.0 - lr * 0.5 * (1.0 - 1.0 / (bb * v[:, k - 1]))) ** 2
+    return n_it, betas, v
+
+
 def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr: float = 0.05,
                              key: jax.Array, n_iter=None, n_extra: int = 100,
                              n_samples: int = 4096, with_variance: bool = True,
@@ -616,29 +716,8 @@ def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr:
     b, t = np.broadcast_arrays(b, t)
     shape = b.shape
     b, t = b.ravel(), t.ravel()
-    if n_iter is None:
-        n_it = np.ceil(t).astype(int) + n_extra
-    else:
-        n_it = np.broadcast_to(np.asarray(n_iter), shape).ravel()
-        if not np.all(n_it == np.round(n_it)) or np.any(n_it < 0):
-            raise ValueError(f"n_iter must be integers >= 0, got {n_iter!r}")
-        n_it = n_it.astype(int)
-    T = int(n_it.max())
-    steps = np.arange(max(T, 1), dtype=float)
-    fn = SCHEDULES[schedule]
-    betas = np.asarray(fn(steps[None, :], beta_i=b[:, None], t0=t[:, None]), float)  # (C, T)
-    betas = np.broadcast_to(betas, (b.size, steps.size))
-    if var0 is None:
-        v0 = 1.0 / betas[:, 0]
-    else:
-        v0 = np.broadcast_to(_arr("var0", var0, lo=0.0), shape).ravel()
-    if with_variance:
-        v = np.empty_like(betas)
-        v[:, 0] = v0
-        for k in range(1, steps.size):       # deterministic map, same for every sample of a cell
-            bb = betas[:, k - 1]
-            v[:, k] = v[:, k - 1] * (1.0 - lr * 0.5 * (1.0 - 1.0 / (bb * v[:, k - 1]))) ** 2
-    else:
+    n_it, betas, v = _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr)
+    if not with_variance:
         v = 1.0 / betas
     u = np.sqrt(v)
     u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
@@ -656,3 +735,287 @@ def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr:
     se = np.sqrt(p * (1.0 - p) / n_ok)
     return OdeCollapse(p=p.reshape(shape), se=se.reshape(shape), n_samples=n_samples,
                        n_iter=n_it.reshape(shape))
+
+
+# --- finite-batch stochastic theory ---------------------------------------------------------------
+
+#: Sampling protocols of the Monte-Carlo gradient (see :class:`annealvi_lib.student.Hyper`).
+SAMPLING_PROTOCOLS = ("stratified", "categorical")
+
+
+class StochasticCollapse(NamedTuple):
+    """Result of :func:`stochastic_collapse_probability` (arrays of the grid's broadcast shape).
+
+    Attributes:
+      p: fraction of simulated runs whose final overlap s is > 0.
+      se: its standard error ``sqrt(p (1 - p) / n)`` (n = ``n_samples``).
+      undecided: fraction of runs whose final ``|s|`` is below ``settled_s`` (not settled yet).
+      n_samples: runs per cell.
+      n_iter: steps per cell.
+    """
+
+    p: np.ndarray
+    se: np.ndarray
+    undecided: np.ndarray
+    n_samples: int
+    n_iter: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _sq_tables_jit(u, R, w_star, n_s, n_m):
+    """Second moments on the (u, s | m) grids of :func:`_tables`: ``E sigma(a + b xi)^2`` of the
+    equal-weight overlap (s) and ``E sigma(c + 2 R u xi)^2`` of the target pull (m, as in g)."""
+    s = jnp.linspace(-1.0, 1.0, n_s)[None, :]
+    a, b = theory._ab(s, R, u[:, None])
+    m = jnp.linspace(-1.0, 1.0, n_m)[None, :]
+    c = 2.0 * R**2 * m + jnp.log(w_star / (1.0 - w_star))
+    return (theory.gauss_sigmoid_sq_mean(a, b),
+            theory.gauss_sigmoid_sq_mean(c, 2.0 * R * u[:, None] * jnp.ones_like(c)))
+
+
+def noise_covariance(s, v, beta, *, R: float, batch_per_component: float):
+    """Per-direction covariance ``Q`` (2x2) of the Monte-Carlo gradient noise of the two means.
+
+    Leading-order model: the fluctuating part of ``grad_{mu_j} L`` is the reparameterisation
+    (score) term ``sum_kb (w_k/B) c_{j,kb} z_kb / sqrt(v)`` with isotropic ``z_kb``, so its
+    covariance is ``Q (x) I_d`` with ``Q_jl = S_jl / (v B)``, ``S`` the equal-weight moments
+    ``S_jl = sum_k w_k^2 E_{q_k}[c_jk c_lk]`` of :func:`annealvi_lib.theory._noise_moments`
+    (``c_jj = r_j + beta v - 1``, ``c_jk = r_j`` otherwise; r: responsibilities). This is *exact*
+    for the components orthogonal to span{mu*, mu1, mu2} (the reduced sampler's ``E[S]/D``). In
+    the span two terms of the per-sample gradient fluctuate as well: the target pull
+    ``-beta R tanh(.)`` along mu* (it anti-correlates with the score term; added by
+    :func:`target_pull_correction`, which :func:`stochastic_collapse_probability` uses) and the
+    responsibilities in the mean terms ``r_j (mu_j - mu_k)/v`` (neglected). Both are relative
+    corrections of order ``R sqrt(beta)`` to ``R^2 beta``: negligible in the hot phase, where the
+    noise matters, and measured in chapter 3 and ``tests/test_collapse.py``. The categorical
+    protocol (B in total, labels drawn from the weights) has the same ``Q`` at equal weights with
+    ``B_component = B / 2``; its extra in-span term from the label counts, of relative order
+    ``R^2 beta``, is neglected.
+
+    Args:
+      s: overlap(s) (array); v: common variance(s) > 0; beta: inverse temperature(s).
+      R: mode distance. batch_per_component: samples per component B (> 0).
+    Returns:
+      ``(Q11, Q22, Q12)`` arrays of the broadcast shape.
+    """
+    S11, S22, S12 = theory._noise_moments(jnp.asarray(s, jnp.float32), v, beta, R, 0.5)
+    k = 1.0 / (jnp.asarray(v) * batch_per_component)
+    return S11 * k, S22 * k, S12 * k
+
+
+def _pull_terms(es, es2, e, dlt, beta, R):
+    """Correction ``B dQ_jj`` along mu* from the target pull of mean j's own samples, and
+    ``E[1 - tanh^2]``.
+
+    A sample of component j contributes ``sigma (beta - r_other/v) z1 - beta R tanh(y/2)`` to the
+    mu*-coordinate of mean j's gradient, with ``y = 2 R^2 m_j + 2 R sigma z1 + ln(w*/(1-w*))`` (g's
+    argument). With ``es = E sigma(y)``, ``es2 = E sigma(y)^2``: ``E tanh = 2 es - 1``,
+    ``E[1 - tanh^2] = 4 (es - es2)`` and, by Stein's lemma, ``E[z1 tanh] = sigma R E[1 - tanh^2]``,
+    so the pull adds ``w^2 [beta^2 R^2 Var tanh - 2 beta R^2 (beta v - e) E[1 - tanh^2]]`` per
+    sample to the score term's variance (``e = E_{q_j} r_other``, ``dlt = beta v - 1``).
+    """
+    one = 4.0 * (es - es2)                                     # E[1 - tanh^2]
+    var_h = 1.0 - one - (2.0 * es - 1.0) ** 2                  # Var tanh
+    bR2 = beta * R * R
+    return 0.25 * (beta * bR2 * var_h - 2.0 * bR2 * (dlt + 1.0 - e) * one), one
+
+
+def target_pull_correction(m, s, v, beta, *, R: float, w_star: float,
+                           batch_per_component: float):
+    """Correction to the per-direction noise variance of a mean's gradient along mu*, from the
+    fluctuation of the target pull (see :func:`noise_covariance`; exact quadratures, for checks).
+
+    Args:
+      m: the mean's overlap with mu* (array); s: overlap of the two means; v: common variance;
+        beta: inverse temperature. R, w_star: target. batch_per_component: B.
+    Returns:
+      ``dQ`` (same units as :func:`noise_covariance`), to be added to ``Q_jj`` along mu*.
+    """
+    u = jnp.sqrt(jnp.asarray(v, jnp.float32))
+    c = 2.0 * R**2 * jnp.asarray(m, jnp.float32) + math.log(w_star / (1.0 - w_star))
+    b = 2.0 * R * u * jnp.ones_like(c)
+    es, es2 = theory.gauss_sigmoid_mean(c, b), theory.gauss_sigmoid_sq_mean(c, b)
+    e = 2.0 * theory.f(s, R=R, u=u)
+    dq, _ = _pull_terms(es, es2, e, beta * v - 1.0, beta, R)
+    return dq / batch_per_component
+
+
+def _chol2(a11, a12, a22):
+    """Lower Cholesky factor ``(l11, l21, l22)`` of a 2x2 PSD matrix (elementwise arrays)."""
+    l11 = jnp.sqrt(jnp.maximum(a11, 0.0))
+    safe = jnp.where(l11 > 0, l11, 1.0)
+    l21 = jnp.where(l11 > 0, a12 / safe, 0.0)
+    l22 = jnp.sqrt(jnp.maximum(a22 - l21 * l21, 0.0))
+    return l11, l21, l22
+
+
+def _stochastic_step(m1, m2, s, beta, coef, up, v, key, f_tab, sq_tab, g_tab, gsq_tab, lr, R,
+                     n_bc, D):
+    """One step of the finite-batch model for arrays (C, N) of statistics (units of R)."""
+    f_row = _interp_rows(f_tab, up)
+    q_row = _interp_rows(sq_tab, up)
+    g_row = _interp_rows(g_tab, up)
+    fs = _interp_cols(f_row, s)
+    e2 = _interp_cols(q_row, s)                  # E sigma^2 = E_{q1} r2^2
+    F = coef[:, None] * fs                        # f / (beta v)
+    g1, g2 = _interp_cols(g_row, m1), _interp_cols(g_row, m2)
+    w = 0.5
+    A = 1.0 - lr * w + lr * F
+    B = -lr * F
+    c1, c2 = -lr * w * g1, -lr * w * g2
+    # span coordinates (units of R): mu1 = (m1, q1, 0), mu2 = (m2, c, t), mu* = e1
+    q1 = jnp.sqrt(jnp.maximum(1.0 - m1 * m1, 0.0))
+    safe_q1 = jnp.where(q1 > 1e-6, q1, 1.0)
+    cc = jnp.where(q1 > 1e-6, (s - m1 * m2) / safe_q1, 0.0)
+    lim2 = jnp.sqrt(jnp.maximum(1.0 - m2 * m2, 0.0))
+    cc = jnp.clip(cc, -lim2, lim2)
+    tt = jnp.sqrt(jnp.maximum(1.0 - m2 * m2 - cc * cc, 0.0))
+    zero = jnp.zeros_like(m1)
+    mu1 = (m1, q1, zero)
+    mu2 = (m2, cc, tt)
+    nu1 = [A * a1 + B * a2 for a1, a2 in zip(mu1, mu2)]
+    nu2 = [A * a2 + B * a1 for a1, a2 in zip(mu1, mu2)]
+    nu1[0] = nu1[0] + c1
+    nu2[0] = nu2[0] + c2
+    # gradient noise N_j with covariance Q (x) I_d, step -(lr/beta)/R per unit gradient
+    e = 2.0 * fs                                  # E sigma = E_{q1} r2 (equal weights)
+    vv = v[:, None]
+    dlt = beta * vv - 1.0
+    S11 = w * w * ((1.0 - 2.0 * e + e2) + 2.0 * dlt * (1.0 - e) + dlt * dlt + e2)
+    S12 = 2.0 * w * w * ((e - e2) + dlt * e)
+    kq = (lr / (beta * R)) ** 2 / (vv * n_bc)    # (lr/(beta R))^2 / (v B), shape (C, 1)
+    l11, l21, l22 = _chol2(S11 * kq, S12 * kq, S11 * kq)
+    # along mu*: the target pull -beta R tanh(R x1 + h) of a component's own samples fluctuates
+    # with x1 and anti-correlates with the score term (Stein: E[z1 tanh] = sigma R E[1 - tanh^2]);
+    # with Es = E sigma(y), Es2 = E sigma(y)^2 of g's argument y: E tanh = 2 Es - 1,
+    # E[1 - tanh^2] = 4 (Es - Es2)
+    gsq_row = _interp_rows(gsq_tab, up)
+    es1, es2 = 0.5 * (1.0 - g1), 0.5 * (1.0 - g2)
+    d11, one1 = _pull_terms(es1, _interp_cols(gsq_row, m1), e, dlt, beta, R)
+    d22, one2 = _pull_terms(es2, _interp_cols(gsq_row, m2), e, dlt, beta, R)
+    d12 = -w * w * beta * R * R * e * (one1 + one2)
+    kb = (lr / (beta * R)) ** 2 / n_bc           # these terms carry no 1/v
+    k11, k21, k22 = _chol2(S11 * kq + d11 * kb, S12 * kq + d12 * kb, S11 * kq + d22 * kb)
+    xi = jax.random.normal(key, (9,) + m1.shape)
+    for a in range(3):
+        a11, a21, a22 = (k11, k21, k22) if a == 0 else (l11, l21, l22)
+        nu1[a] = nu1[a] - a11 * xi[a]
+        nu2[a] = nu2[a] - (a21 * xi[a] + a22 * xi[3 + a])
+    # perpendicular part: Gram ~ Wishart_2(D, Q) by Bartlett (chi^2 by Wilson-Hilferty, D >= 30)
+    def wh(z, dof):
+        aa = 2.0 / (9.0 * dof)
+        y = 1.0 - aa + z * math.sqrt(aa)
+        return dof * y * y * y
+    ch1 = jnp.sqrt(jnp.maximum(wh(xi[6], D), 0.0))
+    ch2 = jnp.sqrt(jnp.maximum(wh(xi[8], D - 1), 0.0))
+    p1 = (l11 * ch1, zero)
+    p2 = (l21 * ch1 + l22 * xi[7], l22 * ch2)
+    n11 = sum(a * a for a in nu1) + p1[0] * p1[0]
+    n22 = sum(a * a for a in nu2) + p2[0] * p2[0] + p2[1] * p2[1]
+    n12 = sum(a * b for a, b in zip(nu1, nu2)) + p1[0] * p2[0]
+    r1, r2 = jnp.sqrt(n11), jnp.sqrt(n22)
+    m1n = jnp.clip(nu1[0] / r1, -1.0, 1.0)
+    m2n = jnp.clip(nu2[0] / r2, -1.0, 1.0)
+    sn = jnp.clip(n12 / (r1 * r2), -1.0, 1.0)
+    return m1n, m2n, sn
+
+
+@functools.partial(jax.jit, static_argnames=("D",))
+def _propagate_noisy(key, x0, betas, coef, upos, vs, f_tab, sq_tab, g_tab, gsq_tab, stop, lr, R,
+                     n_bc, D):
+    """Finite-batch model for all cells x samples; returns s at each cell's stop step (C, N)."""
+    C = betas.shape[1]
+    m1 = jnp.broadcast_to(x0[None, :, 0], (C, x0.shape[0]))
+    m2 = jnp.broadcast_to(x0[None, :, 1], (C, x0.shape[0]))
+    s = jnp.broadcast_to(x0[None, :, 2], (C, x0.shape[0]))
+    T = betas.shape[0]
+    keys = jax.random.split(key, T)
+
+    def body(carry, xs):
+        m1, m2, s, s_out = carry
+        t, k, beta, cf, up, v = xs
+        m1n, m2n, sn = _stochastic_step(m1, m2, s, beta[:, None], cf, up, v, k, f_tab, sq_tab,
+                                        g_tab, gsq_tab, lr, R, n_bc, D)
+        s_out = jnp.where((t + 1 == stop)[:, None], sn, s_out)
+        return (m1n, m2n, sn, s_out), None
+
+    s_out0 = jnp.where((stop == 0)[:, None], s, jnp.zeros_like(s))
+    (_, _, _, s_out), _ = jax.lax.scan(
+        body, (m1, m2, s, s_out0), (jnp.arange(T), keys, betas, coef, upos, vs))
+    return s_out
+
+
+def stochastic_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float,
+                                    lr: float = 0.05, batch: int = 1024,
+                                    sampling: str = "stratified", key: jax.Array, n_iter=None,
+                                    n_extra: int = 100, n_samples: int = 2048,
+                                    schedule: str = "exp", var0=None, table_size: int = 1025,
+                                    n_u: int = 256, settled_s: float = 0.9) -> StochasticCollapse:
+    """Finite-batch collapse probability: the expected JKO map of
+    :func:`ode_collapse_probability` plus Gaussian gradient noise of the Monte-Carlo moments.
+
+    One consistent model of the noise (:func:`noise_covariance`): the gradient of each mean gets
+    an isotropic Gaussian fluctuation of per-direction covariance ``Q`` (2x2 across the means),
+    split into its 3 coordinates in span{mu*, mu1, mu2} (**in-span diffusion**) and its
+    ``D = d - 3`` orthogonal coordinates, whose 2x2 Gram matrix is drawn from
+    ``Wishart_2(D, Q)`` (**perpendicular shrinkage**: after the renormalisation ``|mu_k| = R``
+    the orthogonal kick shortens the in-span part, on average by the deterministic correction of
+    chapter 2). Each step costs 9 normals and O(1) arithmetic per run, independent of B and d;
+    all cells x runs go through one ``lax.scan``. The variances follow the deterministic map of
+    :func:`ode_collapse_probability` (their noise is O(1/sqrt(d B)) relative). A run counts as
+    collapsed when its final s is > 0, as in the Monte Carlo.
+
+    Args:
+      beta_i, t0: cell parameters (broadcast arrays). d (>= 33), R, w_star, lr: problem.
+      batch: Monte-Carlo batch B (>= 1): samples per component (``stratified``) or in total
+        (``categorical``, equal weights: B/2 per component on average).
+      sampling: ``"stratified"`` or ``"categorical"``.
+      key: PRNG key (initial draws and noise). n_iter, n_extra, schedule, var0, table_size, n_u:
+        as in :func:`ode_collapse_probability`. n_samples: runs per cell (>= 1).
+      settled_s: ``|s|`` below which a final state counts as undecided (reported, not excluded).
+    Returns:
+      :class:`StochasticCollapse`.
+    """
+    d = check_int_at_least("d", d, 33)
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    lr = check_positive("lr", lr)
+    batch = check_int_at_least("batch", batch, 1)
+    check_choice("sampling", sampling, SAMPLING_PROTOCOLS)
+    check_choice("schedule", schedule, tuple(SCHEDULES))
+    n_samples = check_int_at_least("n_samples", n_samples, 1)
+    n_extra = check_int_at_least("n_extra", n_extra, 0)
+    table_size = check_int_at_least("table_size", table_size, 3)
+    n_u = check_int_at_least("n_u", n_u, 2)
+    settled_s = float(_arr("settled_s", settled_s, lo=0.0, hi=1.0))
+    n_bc = float(batch) if sampling == "stratified" else 0.5 * batch
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    t = _arr("t0", t0, lo=0.0)
+    b, t = np.broadcast_arrays(b, t)
+    shape = b.shape
+    b, t = b.ravel(), t.ravel()
+    n_it, betas, v = _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr)
+    u = np.sqrt(v)
+    u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
+    lu, f_tab, g_tab = _tables(R, w_star, u_lo, u_hi, n_u, table_size, table_size)
+    sq_tab, gsq_tab = _sq_tables_jit(jnp.asarray(np.exp(lu), jnp.float32), R, w_star,
+                                     table_size, table_size)
+    upos = (np.log(u) - lu[0]) / (lu[1] - lu[0])
+    coef = 1.0 / (betas * v)
+    # the same initial draws as ode_collapse_probability with this key (common random numbers)
+    x0 = theory.sample_initial_stats(key, d, n_samples)
+    k_noise = jax.random.fold_in(key, 1)
+    f32 = lambda a: jnp.asarray(np.ascontiguousarray(a.T), jnp.float32)
+    with fast_threefry():
+        s_fin = _propagate_noisy(k_noise, x0, f32(betas), f32(coef), f32(upos), f32(v), f_tab,
+                                 sq_tab, g_tab, gsq_tab, jnp.asarray(n_it, jnp.int32), lr, R, n_bc,
+                                 d - 3)
+    s_fin = np.asarray(s_fin, float)
+    failed = ~np.isfinite(s_fin)
+    n_ok = np.maximum((~failed).sum(-1), 1)
+    p = np.where(failed, False, s_fin > 0).sum(-1) / n_ok
+    und = np.where(failed, False, np.abs(s_fin) < settled_s).sum(-1) / n_ok
+    se = np.sqrt(p * (1.0 - p) / n_ok)
+    return StochasticCollapse(p=p.reshape(shape), se=se.reshape(shape),
+                              undecided=und.reshape(shape), n_samples=n_samples,
+                              n_iter=n_it.reshape(shape))

@@ -18,6 +18,7 @@ from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_beta, check_bool, 
 
 __all__ = [
     "PRESET_NAMES",
+    "SAMPLINGS",
     "MIN_GRID_BETA",
     "grid_beta",
     "Problem",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 PRESET_NAMES = ("quick", "book", "paper")
+#: Monte-Carlo sampling protocols of the GMM loss (re-exported as
+#: ``annealvi_lib.student.SAMPLINGS``; defined here so that the configuration does not import JAX).
+SAMPLINGS = ("stratified", "categorical")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,12 @@ class Problem:
 
     Attributes:
       d: dimension (>= 2). R: mode distance (> 0). w_star: heavy-mode weight in (0, 1).
-      lr: JKO learning rate eta (> 0). batch: Monte-Carlo samples per component (>= 1).
+      lr: JKO learning rate eta (> 0).
+      batch: Monte-Carlo batch B (>= 1): samples per component with ``sampling="stratified"``,
+        samples in total with ``sampling="categorical"``.
+      sampling: Monte-Carlo protocol of the loss, ``"stratified"`` (B samples from each
+        component) or ``"categorical"`` (the official code's: B samples from the student with
+        labels drawn from its weights); see :class:`annealvi_lib.student.Hyper`.
     """
 
     d: int = 512
@@ -47,10 +56,12 @@ class Problem:
     w_star: float = 0.8
     lr: float = 0.05
     batch: int = 1024
+    sampling: str = "stratified"
 
     def __post_init__(self):
         _normalise(self, d=_int_at_least(2), R=check_positive, w_star=check_open_unit,
-                   lr=check_positive, batch=_int_at_least(1))
+                   lr=check_positive, batch=_int_at_least(1),
+                   sampling=lambda n, v: check_choice(n, v, SAMPLINGS))
 
 
 def _normalise(obj, **checks) -> None:
@@ -214,6 +225,14 @@ class GMMGridConfig:
     vanilla_dims: tuple = (128, 512)
     vanilla_seeds: int = 400
     vanilla_steps: int = 400
+    # finite-batch theory: simulated runs per cell
+    stochastic_samples: int = 2048
+    # batch-size scan on one (hot) row: log10(beta_i R^2), annealing times, batch sizes (the
+    # problem's sampling convention), seeds per point
+    bscan_log10: float = -3.0
+    bscan_t0s: tuple = (100.0, 200.0, 400.0)
+    bscan_batches: tuple = (256, 1024, 4096, 16384)
+    bscan_seeds: int = 200
 
     def __post_init__(self):
         _check_problem(self)
@@ -224,7 +243,10 @@ class GMMGridConfig:
                    sensitivity_extras=_seq(_EXTRA), sensitivity_seeds=_N_SEEDS,
                    ode_samples=_int_range(1, 10**7), guidance_p=check_open_unit,
                    guidance_seeds=_N_SEEDS, vanilla_dims=_seq(_int_at_least(4)),
-                   vanilla_seeds=_N_SEEDS, vanilla_steps=_int_range(2, MAX_STEPS))
+                   vanilla_seeds=_N_SEEDS, vanilla_steps=_int_range(2, MAX_STEPS),
+                   stochastic_samples=_int_range(1, 10**7), bscan_log10=_log10,
+                   bscan_t0s=_seq(check_t0), bscan_batches=_seq(_int_at_least(1)),
+                   bscan_seeds=_N_SEEDS)
         _check_betas("beta_i", self.beta_is)
         for k, t0 in self.validation_cells + self.sensitivity_cells:
             check_beta("beta_i", grid_beta(k, self.problem.R**2))
@@ -323,7 +345,11 @@ class Preset:
 
 
 def _paper() -> Preset:
-    return Preset(name="paper")
+    # the GMM grid follows the official code's protocol: n_batch = 8192 samples in total per
+    # step, component labels drawn from the weights (DESIGN section 5)
+    return Preset(name="paper",
+                  gmm_grid=GMMGridConfig(problem=Problem(d=512, batch=8192,
+                                                         sampling="categorical")))
 
 
 def _book() -> Preset:
@@ -364,7 +390,8 @@ def _quick() -> Preset:
                                sensitivity_batches=(32, 128), sensitivity_extras=(30, 60),
                                sensitivity_seeds=16, ode_samples=512, guidance_p=0.2,
                                guidance_seeds=32, vanilla_dims=(16, 64), vanilla_seeds=32,
-                               vanilla_steps=120),
+                               vanilla_steps=120, stochastic_samples=256, bscan_log10=-2.0,
+                               bscan_t0s=(50.0,), bscan_batches=(32, 128), bscan_seeds=16),
         realnvp_grid=RealNVPGridConfig(
             d=4, width=16, depth=1, n_layers=2, batch=64, log10_beta_9=(-1.0,),
             t0s=(20.0,), n_seeds=2, n_iter_extra=10),

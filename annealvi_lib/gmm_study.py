@@ -19,7 +19,7 @@ import numpy as np
 
 from . import collapse as C
 from . import theory
-from .collapse_plots import (plot_heatmap, plot_mechanism, plot_slices,
+from .collapse_plots import (SETTLED_S, plot_heatmap, plot_mechanism, plot_slices,
                              plot_stability, plot_symmetric_branch, plot_vs_rate, summary_arrays,
                              undecided_counts, z_scores)
 from .config import GMMGridConfig, Preset, grid_beta
@@ -27,7 +27,7 @@ from .figures import register
 from .grid import run_grid
 from .schedules import Schedule
 
-__all__ = ["TheoryGrid", "default_workers", "mc_grid", "theory_grid", "fit_alpha",
+__all__ = ["TheoryGrid", "default_workers", "mc_grid", "theory_grid", "theory_rows", "closed_family", "fit_alpha_bootstrap",
            "mechanism_trajectories", "stability_scan", "cell_config", "validation_rows",
            "sensitivity_rows", "plot_batch_sensitivity"]
 
@@ -50,7 +50,7 @@ def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
 
 
 class TheoryGrid(NamedTuple):
-    """Both theories on the grid's (beta_i, t0) cells (arrays of shape (n_beta, n_t0))."""
+    """The theories on the grid's (beta_i, t0) cells (arrays of shape (n_beta, n_t0))."""
 
     BB: np.ndarray
     TT: np.ndarray
@@ -60,11 +60,28 @@ class TheoryGrid(NamedTuple):
     p_ode_se: np.ndarray
     closed_ms: float
     ode_seconds: float
+    p_closed_corrected: np.ndarray   # closed form with sqrt(2) growth and variance lag, derived alpha
+    p_stoch: np.ndarray           # finite-batch theory at the grid's B and sampling protocol
+    p_stoch_se: np.ndarray
+    p_stoch_undecided: np.ndarray  # its fraction of runs with |s| < SETTLED_S at the end
+    stoch_seconds: float
 
 
-def theory_grid(G: GMMGridConfig, seed: int = 1) -> TheoryGrid:
-    """Closed form (derived and paper alpha) and ODE-propagated probabilities on the grid."""
+def theory_grid(G: GMMGridConfig, seed: int = 1, batch: int | None = None,
+                sampling: str | None = None) -> TheoryGrid:
+    """Every theory on the grid: the closed form (paper's alpha, derived alpha, and with the
+    sqrt(2) growth and the variance lag), the ODE-propagated probability and the finite-batch
+    theory (the ODE-propagated and the finite-batch theory share their initial draws).
+
+    Args:
+      G: the grid configuration (cells, problem, run length, sample counts).
+      seed: PRNG seed of the theories' initial draws and noise.
+      batch, sampling: override the problem's batch size and sampling protocol for the
+        finite-batch theory (default: the grid's own).
+    """
     p = G.problem
+    batch = p.batch if batch is None else batch
+    sampling = p.sampling if sampling is None else sampling
     BB, TT = np.meshgrid(np.array(G.beta_is), np.array(G.t0s), indexing="ij")
     kw = dict(d=p.d, R=p.R, w_star=p.w_star, lr=p.lr)
     C.derived_alpha(p.R, p.w_star)                     # compile/memoise outside the timing
@@ -72,17 +89,60 @@ def theory_grid(G: GMMGridConfig, seed: int = 1) -> TheoryGrid:
     p_closed = C.collapse_probability(BB, TT, **kw)
     closed_ms = 1e3 * (time.perf_counter() - t)
     p_paper = C.collapse_probability(BB, TT, alpha=C.PAPER_ALPHA, **kw)
+    p_corr = C.collapse_probability(BB, TT, growth=math.sqrt(2.0), variance_lag=True, **kw)
     t = time.perf_counter()
     ode = C.ode_collapse_probability(BB, TT, key=jax.random.key(seed), n_extra=G.n_iter_extra,
                                      n_samples=G.ode_samples, with_variance=True, **kw)
-    return TheoryGrid(BB, TT, p_closed, p_paper, ode.p, ode.se, closed_ms,
-                      time.perf_counter() - t)
+    ode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    st = C.stochastic_collapse_probability(BB, TT, batch=batch, sampling=sampling,
+                                           key=jax.random.key(seed), n_extra=G.n_iter_extra,
+                                           n_samples=G.stochastic_samples, settled_s=SETTLED_S,
+                                           **kw)
+    return TheoryGrid(BB, TT, p_closed, p_paper, ode.p, ode.se, closed_ms, ode_s, p_corr, st.p,
+                      st.se, st.undecided, time.perf_counter() - t)
+
+
+#: Columns of ``theory_grid.csv`` (``python -m annealvi_lib theory``).
+THEORY_COLUMNS = ("beta_i", "t0", "p_closed", "p_closed_corrected", "p_ode", "p_stochastic")
+
+
+def theory_rows(T: TheoryGrid) -> list[dict]:
+    """One row per cell with :data:`THEORY_COLUMNS` (closed form = the paper's formula with the
+    derived alpha; corrected = with the sqrt(2) growth and the variance lag)."""
+    rows = []
+    for i in range(T.BB.shape[0]):
+        for j in range(T.BB.shape[1]):
+            rows.append(dict(zip(THEORY_COLUMNS, (
+                float(T.BB[i, j]), float(T.TT[i, j]), float(T.p_closed[i, j]),
+                float(T.p_closed_corrected[i, j]), float(T.p_ode[i, j]), float(T.p_stoch[i, j])))))
+    return rows
+
+
+def closed_family(T: TheoryGrid, G: GMMGridConfig, alphas, growth: float = 1.0,
+                  variance_lag: bool = False) -> np.ndarray:
+    """The closed form on the grid for every alpha of ``alphas``: shape (n_alpha, n_beta, n_t0).
+
+    ``growth`` and ``variance_lag`` select the variant (see
+    :func:`annealvi_lib.collapse.collapse_probability`).
+    """
+    from scipy.special import erf
+
+    p = G.problem
+    alphas = np.asarray(alphas, float)
+    if variance_lag:
+        I = C.lagged_annealing_exponent(T.BB, T.TT, R=p.R, lr=p.lr, alpha=alphas)
+    else:
+        I = np.stack([C.annealing_exponent(T.BB, T.TT, R=p.R, lr=p.lr, alpha=a) for a in alphas])
+    x = math.sqrt(p.d) * C.collapse_epsilon(p.R, p.w_star) / growth
+    return erf(x * np.exp(-I))
 
 
 def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1.0, mask=None,
-                        alphas=np.linspace(0.2, 2.0, 1801), n_boot: int = 400, seed: int = 0):
+                        alphas=np.linspace(0.2, 2.0, 1801), n_boot: int = 400, seed: int = 0,
+                        variance_lag: bool = False):
     """Maximum-likelihood alpha of the closed form (with ``growth``, see
-    :func:`annealvi_lib.collapse.collapse_probability`) given binomial counts ``k`` of ``n`` per
+    :func:`annealvi_lib.collapse.collapse_probability`; ``variance_lag`` too) given binomial counts ``k`` of ``n`` per
     cell, with a 95% interval that does not assume the closed form is true: a percentile
     bootstrap over runs (each cell's count redrawn from ``Binomial(n, k/n)``, the fit redone).
 
@@ -98,8 +158,7 @@ def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1
     k, n = np.asarray(k, float)[sel], np.asarray(n, float)[sel]
     if k.size == 0:                        # no cell selected (e.g. a tiny preset)
         return math.nan, math.nan, math.nan, math.nan
-    q = np.stack([C.collapse_probability(T.BB, T.TT, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
-                                         alpha=a, growth=growth)[sel] for a in alphas])
+    q = closed_family(T, G, alphas, growth=growth, variance_lag=variance_lag)[:, sel]
     q = np.clip(q, 1e-9, 1 - 1e-9)
     lq, l1q = np.log(q), np.log1p(-q)                           # (n_alpha, n_cells)
 
@@ -113,33 +172,6 @@ def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1
     mean_z = float(np.mean(z_scores(k, n, q[i_hat])))
     return (float(alphas[i_hat]), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)),
             mean_z)
-
-
-def fit_alpha(A: dict, T: TheoryGrid, G: GMMGridConfig, alphas=np.linspace(0.3, 1.5, 241),
-              mask=None):
-    """Maximum-likelihood alpha of the closed form given the grid's binomial counts.
-
-    Args:
-      mask: optional boolean (n_beta, n_t0) selecting the cells used in the fit.
-    Returns ``(alpha_hat, low, high)`` with the likelihood-ratio 95% interval
-    (``Delta NLL < 1.92``) on the scanned ``alphas``.
-    """
-    p = G.problem
-    sel = np.ones(A["n_runs"].shape, bool) if mask is None else np.asarray(mask, bool)
-    if not sel.any():
-        return math.nan, math.nan, math.nan
-    n_ok = np.where(sel, A["n_runs"] - A["n_failed"], 0)
-    k = np.where(sel, A["n_collapsed"], 0)
-
-    def nll(alpha):
-        q = C.collapse_probability(T.BB, T.TT, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
-                                   alpha=alpha)
-        q = np.clip(q, 1e-9, 1 - 1e-9)
-        return -np.sum(k * np.log(q) + (n_ok - k) * np.log1p(-q))
-
-    nlls = np.array([nll(a) for a in alphas])
-    inside = alphas[nlls - nlls.min() < 1.92]
-    return float(alphas[np.argmin(nlls)]), float(inside.min()), float(inside.max())
 
 
 def mechanism_trajectories(G: GMMGridConfig, x0=(0.02, 0.0, -0.05), log10_beta_r2=-3.0,
@@ -215,9 +247,14 @@ def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
         for B, extra in settings:
             cfg = cell_config(G, k, t0, G.sensitivity_seeds, batch=B, n_iter_extra=extra)
             r = run_grid("gmm", cfg, workers=workers).summary[0]
+            p_st = float(C.stochastic_collapse_probability(
+                np.array([b_i]), np.array([float(t0)]), d=p.d, R=p.R, w_star=p.w_star, lr=p.lr,
+                batch=B, sampling=p.sampling, key=jax.random.key(1), n_extra=extra,
+                n_samples=G.stochastic_samples).p[0])
             rows.append({"log10(beta_i R^2)": k, "t0": t0, "B": B, "steps after t0": extra,
                          "p_collapse": r["p_collapse"], "ci_low": r["ci_low"],
-                         "ci_high": r["ci_high"], "closed form": p_cf, "ODE-propagated": p_ode})
+                         "ci_high": r["ci_high"], "closed form": p_cf, "ODE-propagated": p_ode,
+                         "finite-batch theory": p_st})
     return rows
 
 
@@ -251,8 +288,9 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
 
 
 def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
-    """Collapse probability against B per cell (Wilson bars), with the ODE-propagated probability
-    (dashed: the B -> infinity limit of the simulation) and the closed form (dotted)."""
+    """Collapse probability against B per cell (Wilson bars), with the finite-batch theory
+    (solid), the ODE-propagated probability (dashed: the B -> infinity limit of the simulation)
+    and the closed form (dotted)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.6, 3.8))
@@ -267,9 +305,12 @@ def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
         line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o", capsize=3,
                            label=f"$\\log_{{10}}\\beta_iR^2={cell[0]:g}$, $t_0={cell[1]:g}$")
         c = line[0].get_color()
+        if "finite-batch theory" in grp[0]:
+            ax.plot(B, [r["finite-batch theory"] for r in grp], "-", lw=1.4, color=c)
         if "ODE-propagated" in grp[0]:
             ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
         ax.axhline(grp[0]["closed form"], ls=":", lw=1.2, color=c)
+    ax.plot([], [], "k-", lw=1.4, label="finite-batch theory")
     ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
     ax.plot([], [], "k:", lw=1.2, label="closed form")
     ax.set_xscale("log", base=2)
@@ -334,7 +375,8 @@ def slice_theories(T: TheoryGrid) -> dict:
     """The theories drawn on the per-beta_i slices."""
     return {"closed form (derived $\\alpha$)": T.p_closed,
             "closed form ($\\alpha=0.608$)": T.p_closed_paper,
-            "ODE-propagated": T.p_ode}
+            "ODE-propagated": T.p_ode,
+            "finite-batch theory": T.p_stoch}
 
 
 @register("ch3_slices", chapter=3, description="per-beta_i slices: Monte Carlo against both theories")
@@ -443,3 +485,221 @@ def benchmark_summary() -> dict | None:
            "loop_1024": rate("exact", "python_loop", 1024),
            "loop_8192": rate("exact", "python_loop", 8192)}
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# batch-size scan on the hottest row (archived: too long for a CPU book build)
+# --------------------------------------------------------------------------------------------
+
+#: Archive folder of the batch-size scan (``python -m annealvi_lib batch-scan`` writes it).
+BSCAN_ARCHIVE = "bscan_hottest_row"
+
+
+def batch_scan_settings(G: GMMGridConfig) -> list[tuple[int, str]]:
+    """The (batch, sampling) points of the scan: every ``G.bscan_batches`` in the grid's own
+    convention, plus the other protocol at the grid's batch (categorical: the same number of
+    samples in total, ``2 B``; stratified: ``B / 2`` per component) to measure the protocol's
+    effect on this row."""
+    p = G.problem
+    pts = [(int(B), p.sampling) for B in G.bscan_batches]
+    if p.sampling == "stratified":
+        pts.append((2 * p.batch, "categorical"))
+    else:
+        pts.append((max(p.batch // 2, 1), "stratified"))
+    return pts
+
+
+def batch_scan_config(G: GMMGridConfig) -> dict:
+    """What the scan's numbers depend on (compared with an archive's provenance)."""
+    return {"problem": dataclasses.asdict(G.problem), "log10_beta_r2": G.bscan_log10,
+            "t0s": list(G.bscan_t0s), "points": [list(x) for x in batch_scan_settings(G)],
+            "n_seeds": G.bscan_seeds, "n_iter_extra": G.n_iter_extra, "seed": G.seed,
+            "sampler": G.sampler}
+
+
+def run_batch_scan(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
+    """Monte Carlo of the batch-size scan: ``(point rows, run rows)``; cells cached like the grid.
+
+    Point rows: ``batch, sampling, total_samples, t0, n_runs, n_failed, n_collapsed, p_collapse,
+    ci_low, ci_high, n_undecided``; run rows: ``batch, sampling, t0, replicate, s, collapsed,
+    failed``.
+    """
+    points, runs = [], []
+    for B, sampling in batch_scan_settings(G):
+        prob = dataclasses.replace(G.problem, batch=B, sampling=sampling)
+        cfg = dataclasses.replace(G, problem=prob, log10_beta_r2=(G.bscan_log10,),
+                                  t0s=tuple(G.bscan_t0s), n_seeds=G.bscan_seeds)
+        res = run_grid("gmm", cfg, workers=workers, progress=progress)
+        und = undecided_counts(res.runs, [grid_beta(G.bscan_log10, G.problem.R**2)],
+                               sorted(G.bscan_t0s))[0]
+        total = B if sampling == "categorical" else 2 * B
+        for r in res.summary:
+            j = sorted(G.bscan_t0s).index(r["t0"])
+            points.append({"batch": B, "sampling": sampling, "total_samples": total,
+                           "t0": r["t0"], "n_runs": r["n_runs"], "n_failed": r["n_failed"],
+                           "n_collapsed": r["n_collapsed"], "p_collapse": r["p_collapse"],
+                           "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                           "n_undecided": int(und[j])})
+        for r in res.runs:
+            runs.append({"batch": B, "sampling": sampling, "t0": r["t0"],
+                         "replicate": r["replicate"], "s": r["s"], "collapsed": r["collapsed"],
+                         "failed": r["failed"]})
+    return points, runs
+
+
+def write_batch_scan(G: GMMGridConfig, folder, workers: int = 1, command: str = "",
+                     progress: bool | None = None):
+    """Run the scan and archive it (per-point and per-run CSVs, provenance) in ``folder``."""
+    from .archive import write_archive
+
+    t = time.perf_counter()
+    points, runs = run_batch_scan(G, workers=workers, progress=progress)
+    return write_archive(folder, {"bscan_points.csv": points, "bscan_runs.csv": runs},
+                         batch_scan_config(G), time.perf_counter() - t, command)
+
+
+def load_batch_scan(G: GMMGridConfig, workers: int = 1):
+    """The scan's point rows for ``G``: from the archive ``data/BSCAN_ARCHIVE`` when its
+    configuration is ``G``'s, else computed (cached). Returns ``(rows, provenance or None)``;
+    numeric fields as numbers."""
+    from .archive import data_dir, read_archive
+
+    got = read_archive(data_dir(BSCAN_ARCHIVE))
+    if got is not None and got[1]["config"] == json_roundtrip(batch_scan_config(G)):
+        rows = []
+        for r in got[0]["bscan_points.csv"]:
+            rows.append({k: (v if k == "sampling" else float(v)) for k, v in r.items()})
+        for r in rows:
+            for k in ("batch", "total_samples", "n_runs", "n_failed", "n_collapsed",
+                      "n_undecided"):
+                r[k] = int(r[k])
+        return rows, got[1]
+    return run_batch_scan(G, workers=workers)[0], None
+
+
+def json_roundtrip(obj):
+    """``obj`` as it comes back from JSON (tuples -> lists), for comparing with an archive."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list[dict]:
+    """Add the finite-batch theory (at each point's batch and protocol, with its standard error)
+    and the ODE-propagated probability (B -> infinity) to the scan's point rows."""
+    p = G.problem
+    b_i = grid_beta(G.bscan_log10, p.R**2)
+    t0s = np.array(sorted(G.bscan_t0s))
+    kw = dict(d=p.d, R=p.R, w_star=p.w_star, lr=p.lr, key=jax.random.key(seed),
+              n_extra=G.n_iter_extra)
+    ode = C.ode_collapse_probability(np.full(t0s.shape, b_i), t0s, n_samples=G.ode_samples,
+                                     with_variance=True, **kw)
+    out = []
+    cache = {}
+    for r in rows:
+        key = (r["batch"], r["sampling"])
+        if key not in cache:
+            cache[key] = C.stochastic_collapse_probability(
+                np.full(t0s.shape, b_i), t0s, batch=r["batch"], sampling=r["sampling"],
+                n_samples=G.stochastic_samples, settled_s=SETTLED_S, **kw)
+        st = cache[key]
+        j = int(np.searchsorted(t0s, r["t0"]))
+        out.append({**r, "finite-batch theory": float(st.p[j]), "theory_se": float(st.se[j]),
+                    "ODE-propagated": float(ode.p[j])})
+    return out
+
+
+def plot_batch_scan(rows: list[dict], R: float, log10_beta_r2: float):
+    """Collapse probability against the total number of samples per step on one row: Monte
+    Carlo (95% Wilson bars; open markers: the other sampling protocol), the finite-batch theory
+    (solid) and the ODE-propagated probability (dashed, B -> infinity), one colour per t0."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
+    main = rows[0]["sampling"]
+    for t0 in sorted({r["t0"] for r in rows}):
+        grp = sorted((r for r in rows if r["t0"] == t0 and r["sampling"] == main),
+                     key=lambda r: r["total_samples"])
+        n = np.array([r["total_samples"] for r in grp], float)
+        pm = np.array([r["p_collapse"] for r in grp])
+        lo = np.array([r["ci_low"] for r in grp])
+        hi = np.array([r["ci_high"] for r in grp])
+        line = ax.errorbar(n, pm, yerr=[pm - lo, hi - pm], fmt="o", capsize=3,
+                           label=f"$t_0={t0:g}$")
+        c = line[0].get_color()
+        ax.plot(n, [r["finite-batch theory"] for r in grp], "-", color=c, lw=1.4)
+        ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
+        for r in rows:
+            if r["t0"] == t0 and r["sampling"] != main:
+                ax.errorbar([r["total_samples"] * 1.08], [r["p_collapse"]],
+                            yerr=[[r["p_collapse"] - r["ci_low"]], [r["ci_high"] - r["p_collapse"]]],
+                            fmt="s", mfc="white", color=c, capsize=3)
+    other = "categorical" if main == "stratified" else "stratified"
+    ax.plot([], [], "k-", lw=1.4, label="finite-batch theory")
+    ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
+    ax.plot([], [], "ks", mfc="white", label=f"{other} sampling")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"samples per step in total ({main}; $B$ = half of it per component)"
+                  if main == "stratified" else "samples per step in total (categorical)")
+    ax.set_ylabel(r"$P_{\rm collapse}$")
+    ax.set_title(f"$\\log_{{10}}\\beta_iR^2={log10_beta_r2:g}$")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+@register("ch3_bscan", chapter=3,
+          description="batch-size scan on the hottest row: Monte Carlo vs finite-batch theory")
+def fig_batch_scan(preset: Preset):
+    G = preset.gmm_grid
+    rows, _ = load_batch_scan(G, workers=default_workers(preset.name))
+    return plot_batch_scan(batch_scan_theory(G, rows), G.problem.R, G.bscan_log10)
+
+
+#: States (log10 beta R^2, m1, m2, s, v beta) at which the chapter checks the noise model.
+NOISE_CHECK_STATES = ((-3.0, 0.05, -0.03, -0.95, 1.0), (-1.0, 0.1, -0.1, -0.9, 1.0),
+                      (-0.5, 0.2, -0.1, -0.8, 1.0), (-1.0, 0.1, -0.1, -0.9, 3.0))
+
+
+def noise_moment_rows(G: GMMGridConfig, n_draws: int = 2000, seed: int = 5,
+                      states=NOISE_CHECK_STATES) -> list[dict]:
+    """The finite-batch model's noise moments against the reduced sampler's empirical ones.
+
+    At each state, ``n_draws`` independent gradient evaluations of the reduced sampler (batch and
+    protocol of ``G.problem``) give the empirical per-direction covariance of the gradient of
+    mean 1 along mu* (in-span, the coordinate the model corrects for the target pull), along
+    the second span axis (in-span, uncorrected) and across the complement of the span (mean of
+    the Gram matrix over D, with its standard error); the model's values come from
+    :func:`annealvi_lib.collapse.noise_covariance` (+ the mu* correction). Returns rows with
+    the relative difference and its sampling standard error (``sqrt(2/n)`` for a variance).
+    """
+    from . import reduced as Rd
+    from .student import Hyper
+
+    p = G.problem
+    hyper = Hyper(lr=p.lr, batch=p.batch, sampling=p.sampling)
+    n_bc = p.batch if p.sampling == "stratified" else 0.5 * p.batch
+    rows = []
+    for k, m1, m2, s, vb in states:
+        beta = grid_beta(k, p.R**2)
+        v = vb / beta
+        g, S_draws = Rd.gradient_noise_draws(jax.random.key(seed), (m1, m2), s, (v, v), beta,
+                                            p.R, p.w_star, p.d, hyper, n_draws)
+        g1 = g[:, 0, :] - g[:, 0, :].mean(0)
+        emp_e1 = float(np.mean(g1[:, 0] ** 2))
+        emp_e2 = float(np.mean(g1[:, 1] ** 2))
+        s00 = S_draws[:, 0, 0]
+        emp_perp = float(s00.mean()) / (p.d - 3)
+        se_perp = float(s00.std() / s00.mean()) / math.sqrt(n_draws)
+        q11, _, _ = (float(x) for x in C.noise_covariance(s, v, beta, R=p.R,
+                                                          batch_per_component=n_bc))
+        e1 = float(C.target_pull_correction(m1, s, v, beta, R=p.R, w_star=p.w_star,
+                                            batch_per_component=n_bc)) + q11
+        se = math.sqrt(2.0 / n_draws)
+        for name, model, emp, err in (("along $\\mu^*$ (corrected)", e1, emp_e1, se),
+                                      ("second span axis", q11, emp_e2, se),
+                                      ("orthogonal to the span", q11, emp_perp, se_perp)):
+            rows.append({"log10(beta R^2)": k, "v beta": vb, "direction": name,
+                         "model": model, "sampler": emp, "rel. diff": emp / model - 1.0,
+                         "rel. SE": err})
+    return rows

@@ -153,7 +153,8 @@ def config_hash(study: str, cfg, **extra) -> str:
     for k in ("log10_beta_r2", "log10_beta_9", "t0s", "include_beta_one", "n_seeds",
               "validation_cells", "validation_seeds", "sensitivity_cells", "sensitivity_batches",
               "sensitivity_extras", "sensitivity_seeds", "ode_samples", "guidance_p",
-              "guidance_seeds", "vanilla_dims", "vanilla_seeds", "vanilla_steps"):
+              "guidance_seeds", "vanilla_dims", "vanilla_seeds", "vanilla_steps",
+              "stochastic_samples", "bscan_log10", "bscan_t0s", "bscan_batches", "bscan_seeds"):
         d.pop(k, None)
     payload = json.dumps({"study": study, "cfg": d, "extra": extra, "version": __version__,
                           "source": _source_hash(study)}, sort_keys=True, default=str)
@@ -226,7 +227,7 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
     t0 = t0_values.pop()
     n_iter = int(round(t0)) + cfg.n_iter_extra
     p = cfg.problem
-    hyper = Hyper(lr=p.lr, batch=p.batch)
+    hyper = Hyper(lr=p.lr, batch=p.batch, sampling=p.sampling)
     n = cfg.n_seeds
     width = lanes(n, MAX_LANES[sampler])
     result = {}

@@ -298,7 +298,7 @@ def _validation(C: OdeCheckConfig) -> ValidationResult:
     sch = Schedule("exp", beta_i(C), C.t0)
     tgt = make_target(p.d, p.R, p.w_star)
     ik, nk = st.seed_keys(C.seed, 1)
-    _, sim = st.simulate_seeds(ik, nk, tgt, sch, C.n_iter, st.Hyper(p.lr, p.batch))
+    _, sim = st.simulate_seeds(ik, nk, tgt, sch, C.n_iter, st.Hyper(p.lr, p.batch, p.sampling))
     # keep the seed axis (1, .): one compiled integrator per shape
     x0 = th.initial_stats(ik, tgt)
     x5 = jnp.concatenate([x0, jnp.full((1, 2), 1.0 / beta_i(C))], -1)
@@ -372,7 +372,7 @@ def _scan(C: OdeCheckConfig, progress: bool | None = None) -> ScanResult:
     e3, e5 = [], []
     for d, B in tqdm(pts, desc="(d, B) scan", disable=progress is False):
         tg = make_target(d, p.R, p.w_star)
-        _, tr = st.simulate_seeds(ik, nk, tg, sch, C.scan_n_iter, st.Hyper(p.lr, B))
+        _, tr = st.simulate_seeds(ik, nk, tg, sch, C.scan_n_iter, st.Hyper(p.lr, B, p.sampling))
         x0 = th.initial_stats(ik, tg)
         x5 = jnp.concatenate([x0, jnp.full((C.n_seeds, 2), 1.0 / beta_i(C))], -1)
         e3.append(np.asarray(th.sup_error(th.integrate_ode(x0, sch, C.scan_n_iter, **kw), tr)))
@@ -473,7 +473,7 @@ def _lag(C: OdeCheckConfig, progress: bool | None = None) -> LagResult:
     for t0 in tqdm(C.lag_t0s, desc="variance lag", disable=progress is False):
         sch = Schedule("exp", C.lag_beta_i, t0)
         n = int(t0) + 50
-        _, tr = st.simulate_seeds(ik, nk, tg, sch, n, st.Hyper(p.lr, C.lag_batch))
+        _, tr = st.simulate_seeds(ik, nk, tg, sch, n, st.Hyper(p.lr, C.lag_batch, p.sampling))
         e3 = float(th.sup_error(th.integrate_ode(x0, sch, n, d_over_batch=dob, **kw), tr)[0])
         e5 = float(th.sup_error(th.integrate_ode5(x5, sch, n, d_over_batch=dob, **kw), tr)[0])
         over = float(np.max(np.asarray(tr.var1[0] * tr.beta[0]) - 1))

@@ -61,7 +61,7 @@ def run_opening_experiment(cfg: DemoConfig, n_seeds: int = 16) -> dict[str, Open
     """
     p = cfg.problem
     target = make_target(p.d, p.R, p.w_star)
-    hyper = Hyper(lr=p.lr, batch=p.batch)
+    hyper = Hyper(lr=p.lr, batch=p.batch, sampling=p.sampling)
     init_keys, noise_keys = seed_keys(cfg.seed, n_seeds)
     out = {}
     for name, (label, sched, n_iter, var0) in _arm_specs(cfg).items():

@@ -48,6 +48,21 @@ against ~50-120 for the exact sampler; the paper grid (3.5M seed-steps) takes ~6
 Cost per step: 8B + 3 normals and O(B) arithmetic, against 2Bd normals and O(B d) for the exact
 sampler. The statistics are validated against the exact sampler in ``tests/test_reduced.py``
 (per-sample gradients identical with shared noise; one-step update moments; collapse rates).
+
+Categorical protocol
+--------------------
+With ``Hyper(sampling="categorical")`` (the official code's protocol) the ``B`` samples are
+drawn from q *in total*: labels ``k_b ~ Categorical(w)``
+(:func:`~annealvi_lib.student.sample_labels`, from ``split(key)[0]`` as in the exact sampler, so
+one step key gives both samplers the same labels), ``x_b = mu_{k_b} + sigma_{k_b} z_b``,
+per-sample weight ``1/B``. The
+reduction above holds sample by sample, whatever the label: :func:`reduced_grads_labels` is the
+same closed form with one array of B samples, each carrying its one-hot label (stratified
+sampling is the special case of labels ``[0]*B + [1]*B`` and weights ``1/(2B)``; tested), and
+``S = C C^T`` with ``C_{j,b} = a_{j,b} r_b``. Same O(B) cost per sample (4B + 3 normals and B
+uniforms per step for B samples in total, so B = 2048 in total costs about what B = 1024 per
+component does), and exact in the same sense: the labels, span coordinates and ``r^2`` have
+exactly their law, and the only approximations are again the Wishart Gram and Wilson-Hilferty.
 """
 
 from __future__ import annotations
@@ -63,8 +78,8 @@ from ._rng import fast_threefry
 from ._validate import check_int_at_least, check_positive
 from .seeding import lanes, padded_blocks
 from .schedules import Schedule
-from .student import WEIGHTS, Hyper, Trajectory, init_student, summary_stats
-from .targets import Target, log_partition
+from .student import WEIGHTS, Hyper, Trajectory, init_student, sample_labels, summary_stats
+from .targets import Target, log_partition, make_target
 
 __all__ = [
     "ReducedState",
@@ -75,10 +90,12 @@ __all__ = [
     "reduced_loss",
     "reduced_grads",
     "reduced_grads_fast",
+    "reduced_grads_labels",
     "sample_chi2",
     "perp_factor",
     "reduced_update",
     "reduced_step",
+    "gradient_noise_draws",
     "simulate_reduced",
     "simulate_reduced_seeds",
     "simulate_reduced_betas",
@@ -256,6 +273,88 @@ def reduced_grads_fast(mu, var, zs, r2, beta, R, w_star, d):
     return _fast_grads_soa(mu, var, jnp.moveaxis(zs, -1, 0), r2, beta, R, w_star, d)
 
 
+def _fast_grads_labels(mu, var, zs, r2, onehot, weight, beta, R, w_star, d):
+    """Closed-form reduced loss and gradients for samples with arbitrary component labels.
+
+    The per-sample algebra of :func:`_fast_grads_soa` with the sample index ``b`` running over
+    one array of samples, sample ``b`` drawn from component ``k_b``:
+    ``x_b = mu_{k_b} + sigma_{k_b} z_b`` and ``L = sum_b weight_b [beta U(x_b) + log q(x_b)]``.
+
+    Args:
+      mu: means in span coordinates, shape (2, 3); var: variances, shape (2,).
+      zs: in-span noise coordinates, shape (3, B) (structure of arrays).
+      r2: squared norms of the perpendicular noise, shape (B,) (chi^2_{d-3}).
+      onehot: labels as one-hot floats, shape (2, B) (``onehot[k, b] = 1[k_b = k]``).
+      weight: per-sample weight, scalar or shape (B,) (``1/B`` for the categorical protocol).
+      beta, R, w_star, d: as in :func:`reduced_loss`.
+    Returns:
+      ``(loss, g_mu (2, 3), g_var (2,), a (2, B), S (2, 2))``: the perpendicular gradient of
+      ``mu_j`` is ``sum_b a[j, b] z_perp_b``, and ``S = C C^T`` with ``C_{j,b} = a_{j,b} r_b``.
+    """
+    w = WEIGHTS[0]                                    # equal fixed weights 1/2
+    sig = jnp.sqrt(var)
+    mu_t = mu.T                                       # (3, j)
+    sig_b = sig @ onehot                              # (B,) sigma_{k_b}
+    x = mu_t @ onehot + sig_b[None] * zs              # (3, B)
+    perp = (var @ onehot) * r2                        # (B,) sigma_{k_b}^2 r_b^2
+    diffs = [x - mu_t[:, j, None] for j in range(2)]
+    dsq = [jnp.sum(df * df, 0) + perp for df in diffs]
+    comp = [-0.5 * d * jnp.log(var[j]) - 0.5 * dsq[j] / var[j] for j in range(2)]
+    rho0 = jax.nn.sigmoid(comp[0] - comp[1])
+    rho = [rho0, 1.0 - rho0]
+    kappa = 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
+    proj = x[0]
+    h = jnp.tanh(R * proj + kappa)
+    A = beta - rho[0] / var[0] - rho[1] / var[1]      # (B,)
+    grad_x = (A[None] * x + (rho[0] / var[0])[None] * mu_t[:, 0, None]
+              + (rho[1] / var[1])[None] * mu_t[:, 1, None])
+    grad_x = grad_x.at[0].add(-beta * R * h)          # (3, B) gradient of the per-sample loss
+    wt = jnp.broadcast_to(jnp.asarray(weight, x.dtype), r2.shape)
+    gz = jnp.sum(grad_x * zs, 0)                      # (B,) <grad_x, z_b>
+    g_mu, g_var, a_rows = [], [], []
+    for j in range(2):
+        own = onehot[j]                               # samples drawn from component j
+        explicit = (rho[j] / var[j])[None] * diffs[j]                        # (3, B)
+        g_mu.append(jnp.sum(wt[None] * (own[None] * grad_x + explicit), -1))
+        through_x = own * (gz / (2.0 * sig[j]) + 0.5 * A * r2)
+        explicit_v = rho[j] * (0.5 * dsq[j] / var[j] ** 2 - 0.5 * d / var[j])
+        g_var.append(jnp.sum(wt * (through_x + explicit_v)))
+        a_rows.append(wt * sig_b * (own * A + rho[j] / var[j]))              # (B,)
+    a = jnp.stack(a_rows)
+    ar = a * jnp.sqrt(r2)[None]
+    S = ar @ ar.T
+    log_mix = jnp.logaddexp(jnp.log(w_star) + R * proj, jnp.log1p(-w_star) - R * proj)
+    u = 0.5 * d * _LOG_2PI + 0.5 * (jnp.sum(x * x, 0) + perp) + 0.5 * R * R - log_mix
+    log_q = math.log(w) - 0.5 * d * _LOG_2PI + jnp.logaddexp(comp[0], comp[1])
+    loss = jnp.sum(wt * (beta * u + log_q))
+    return loss, jnp.stack(g_mu), jnp.stack(g_var), a, S
+
+
+def reduced_grads_labels(mu, var, zs, r2, labels, beta, R, w_star, d, weight=None):
+    """Closed-form reduced loss and gradients of the categorical protocol (labelled samples).
+
+    Sample by sample equal to :func:`~annealvi_lib.student.mc_loss_categorical` and its
+    gradients with the corresponding d-dimensional noise (``z_b`` split into its span
+    coordinates and the squared norm of its perpendicular part).
+
+    Args:
+      mu: means in span coordinates, shape (2, 3); var: variances, shape (2,).
+      zs: in-span noise coordinates, shape (B, 3).
+      r2: squared norms of the perpendicular noise, shape (B,).
+      labels: component labels in {0, 1}, integer array of shape (B,).
+      beta, R, w_star, d: as in :func:`reduced_loss` (``d`` static under jit).
+      weight: per-sample weight, scalar or shape (B,); default ``1/B`` (the categorical mean).
+    Returns:
+      ``(loss, g_mu (2, 3), g_var (2,), a (2, B), S (2, 2))``, ``S = C C^T`` with
+      ``C_{j,b} = a_{j,b} r_b``.
+    """
+    onehot = jax.nn.one_hot(labels, 2, axis=0, dtype=jnp.result_type(var))
+    if weight is None:
+        weight = 1.0 / r2.shape[-1]
+    return _fast_grads_labels(mu, var, jnp.moveaxis(zs, -1, 0), r2, onehot, weight, beta, R,
+                              w_star, d)
+
+
 def sample_chi2(key: jax.Array, dof: int, shape: tuple):
     """``chi^2_dof`` variates: Wilson-Hilferty for ``dof >= 30`` (fast), gamma otherwise (exact).
 
@@ -331,13 +430,80 @@ def _draw(key, batch: int, d: int):
     return zs, r2, bart
 
 
-def reduced_step(state: ReducedState, key: jax.Array, target: Target, beta, hyper: Hyper):
-    """One stochastic JKO step on the statistics; returns ``(new_state, loss)`` (loss = L_hat)."""
+def _draw_categorical(key, batch: int, d: int):
+    """All noise of one categorical step: labels as one-hot floats (2, B), span coordinates
+    (3, B), r^2 (B,), Bartlett factors (3,). The labels come from ``split(key)[0]`` with
+    :func:`~annealvi_lib.student.sample_labels`, as in the exact sampler's categorical step."""
+    k_lab, k_noise = jax.random.split(key)
+    onehot = jax.nn.one_hot(sample_labels(k_lab, batch), 2, axis=0, dtype=jnp.float32)
+    D = d - 3
+    if D >= _WH_MIN_DOF:
+        xi = jax.random.normal(k_noise, (4 * batch + 3,))
+        zs = xi[: 3 * batch].reshape(3, batch)
+        r2 = _wh(xi[3 * batch: 4 * batch], D)
+        tail = xi[4 * batch:]
+        chi_d, chi_d1 = _wh(tail[0], D), _wh(tail[2], D - 1)
+        bart = jnp.stack([jnp.sqrt(chi_d), tail[1], jnp.sqrt(chi_d1)]) / math.sqrt(D)
+        return onehot, zs, r2, bart
+    k1, k2, k3, k4 = jax.random.split(k_noise, 4)
+    zs = jax.random.normal(k1, (3, batch))
+    r2 = 2.0 * jax.random.gamma(k2, 0.5 * D, (batch,))
+    g = 2.0 * jax.random.gamma(k3, jnp.array([0.5 * D, 0.5 * (D - 1)]))
+    bart = jnp.stack([jnp.sqrt(g[0]), jax.random.normal(k4, ()), jnp.sqrt(g[1])]) / math.sqrt(D)
+    return onehot, zs, r2, bart
+
+
+def _loss_grads(mu, var, key, beta, target: Target, hyper: Hyper):
+    """Draw one step's noise by ``hyper.sampling`` (static) and return
+    ``(loss, g_mu, g_var, S, bartlett)``."""
     d = target.d
+    if hyper.sampling == "categorical":
+        onehot, zs, r2, bart = _draw_categorical(key, hyper.batch, d)
+        loss, g_mu, g_var, _, S = _fast_grads_labels(mu, var, zs, r2, onehot, 1.0 / hyper.batch,
+                                                     beta, target.R, target.w_star, d)
+        return loss, g_mu, g_var, S, bart
     zs, r2, bart = _draw(key, hyper.batch, d)
+    loss, g_mu, g_var, _, S = _fast_grads_soa(mu, var, zs, r2, beta, target.R, target.w_star, d)
+    return loss, g_mu, g_var, S, bart
+
+
+def gradient_noise_draws(key: jax.Array, m, s, var, beta, R: float, w_star: float, d: int,
+                         hyper: Hyper, n_draws: int):
+    """Independent gradient evaluations of the reduced sampler at one fixed state (no update),
+    for measuring the Monte-Carlo gradient's moments.
+
+    Args:
+      key: PRNG key. m: (m1, m2); s: overlap; var: (v1, v2); beta: inverse temperature.
+      R, w_star, d: target. hyper: batch and sampling protocol. n_draws: evaluations (>= 2).
+    Returns:
+      ``(g_mu, S)``: in-span gradients of shape (n_draws, 2, 3) (first coordinate along mu*,
+      second along the in-plane axis of mu1) and the perpendicular Gram matrices ``S = C C^T``
+      (n_draws, 2, 2), whose expectation is D times the per-direction covariance.
+    """
+    n_draws = check_int_at_least("n_draws", n_draws, 2)
+    check_int_at_least("d", d, MIN_DIM)
+    target = make_target(d, R, w_star)
+    mu = span_coords(jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32), R)
+    var = jnp.asarray(var, jnp.float32)
+
+    def one(k):
+        _, g_mu, _, S, _ = _loss_grads(mu, var, k, beta, target, hyper)
+        return g_mu, S
+
+    with fast_threefry():
+        g, S = jax.jit(jax.vmap(one))(jax.random.split(key, n_draws))
+    return np.asarray(g, float), np.asarray(S, float)
+
+
+def reduced_step(state: ReducedState, key: jax.Array, target: Target, beta, hyper: Hyper):
+    """One stochastic JKO step on the statistics; returns ``(new_state, loss)`` (loss = L_hat).
+
+    ``hyper.sampling`` (static) chooses the protocol: stratified (B samples per component,
+    :func:`_draw`) or categorical (B samples in total with drawn labels).
+    """
+    d = target.d
     mu = span_coords(state.m, state.s, target.R)
-    loss, g_mu, g_var, _, S = _fast_grads_soa(mu, state.var, zs, r2, beta, target.R,
-                                              target.w_star, d)
+    loss, g_mu, g_var, S, bart = _loss_grads(mu, state.var, key, beta, target, hyper)
     V = perp_factor(S, bart)
     return reduced_update(state, mu, g_mu, g_var, V, beta, hyper.lr, d), loss
 
@@ -359,10 +525,8 @@ def _run(key, state0, target, betas, hyper: Hyper, record: bool):
     if not record:
         return final, None
     # last point: statistics of the final state and a KL estimate from one more batch
-    zs, r2, _ = _draw(keys[-1], hyper.batch, target.d)
     mu = span_coords(final.m, final.s, target.R)
-    kl_last = _fast_grads_soa(mu, final.var, zs, r2, betas[-1], target.R, target.w_star,
-                              target.d)[0] + log_z[-1]
+    kl_last = _loss_grads(mu, final.var, keys[-1], betas[-1], target, hyper)[0] + log_z[-1]
     last = (final.m[0], final.m[1], final.s, final.var[0], final.var[1], kl_last)
     cols = [jnp.concatenate([r, jnp.atleast_1d(v)]) for r, v in zip(rec, last)]
     traj = Trajectory(m1=cols[0], m2=cols[1], s=cols[2], var1=cols[3], var2=cols[4],
@@ -395,7 +559,8 @@ def simulate_reduced(key: jax.Array, state0: ReducedState, target: Target, sched
       target: the :class:`~annealvi_lib.targets.Target` (d >= 5; only d, R, w_star are used).
       schedule: a :class:`~annealvi_lib.schedules.Schedule`; step t uses beta = schedule(t).
       n_iter: number of steps (integer >= 0).
-      hyper: learning rate and batch B per component.
+      hyper: learning rate, batch B and sampling protocol (B per component when stratified,
+        in total when categorical).
       record: also return a :class:`~annealvi_lib.student.Trajectory` (length n_iter + 1; entry
         t = state before step t; ``kl`` = loss + exact log Z_beta).
     Returns:
@@ -431,7 +596,8 @@ def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: 
       target: the :class:`~annealvi_lib.targets.Target` (d >= 5).
       betas: inverse temperatures at steps 0..n_iter, shape (n_iter + 1,) (shared) or
         (S, n_iter + 1) (per run), values in (0, 1]; e.g. ``schedule(jnp.arange(n_iter + 1))``.
-      hyper: learning rate and batch B per component (static).
+      hyper: learning rate, batch B and sampling protocol (static; B per component when
+        stratified, in total when categorical).
       var0: initial variances, scalar or shape (S,), > 0; default ``1 / betas[..., 0]``.
       record: also return trajectories (arrays of shape (S, n_iter + 1)).
       chunk: most runs per compiled call (>= 1; None: all S at once). The runs are processed

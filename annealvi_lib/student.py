@@ -11,8 +11,17 @@ stratified over the fixed mixture weights: ``B`` samples are drawn from *each* c
 
     L_hat = sum_k w_k mean_b [ beta U(x_kb) + log q(x_kb) ],   x_kb = mu_k + sigma_k z_kb.
 
-This "exact" sampler draws the full ``(2, B, d)`` noise: O(B d) per step. The O(B + d)
-reduced sampler lives in :mod:`annealvi_lib.reduced`.
+The official code's protocol, ``Hyper(sampling="categorical")``, instead draws ``B`` samples
+from q *in total*: component labels ``k_b ~ Categorical(w)`` (:func:`sample_labels`), then
+
+    L_hat = mean_b [ beta U(x_b) + log q(x_b) ],   x_b = mu_{k_b} + sigma_{k_b} z_b
+
+(:func:`mc_loss_categorical`). Both are unbiased estimates of the same loss and have the same
+expected gradient; their noise differs (at equal B the categorical batch is half as large, and
+its per-component sample counts fluctuate).
+
+This "exact" sampler draws the full ``(2, B, d)`` (or ``(B, d)``) noise: O(B d) per step. The
+O(B + d) reduced sampler lives in :mod:`annealvi_lib.reduced`.
 """
 
 from __future__ import annotations
@@ -26,18 +35,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._rng import fast_threefry
-from ._validate import check_int_at_least, check_positive
+from ._validate import check_choice, check_int_at_least, check_positive
+from .config import SAMPLINGS  # ("stratified", "categorical"): the protocols of Hyper.sampling
 from .schedules import Schedule
 from .targets import Target, log_partition, potential
 
 __all__ = [
     "WEIGHTS",
+    "SAMPLINGS",
     "StudentState",
     "Trajectory",
     "Hyper",
     "init_student",
     "mixture_log_prob",
     "mc_loss",
+    "sample_labels",
+    "mc_loss_categorical",
     "jko_update",
     "jko_step",
     "summary_stats",
@@ -90,15 +103,21 @@ class Hyper:
 
     Attributes:
       lr: learning rate eta of the JKO step (> 0); continuous time is tau = lr * t.
-      batch: Monte-Carlo samples B per mixture component (integer >= 1).
+      batch: Monte-Carlo batch B (integer >= 1): samples *per mixture component* with
+        ``sampling="stratified"``, samples *in total* with ``sampling="categorical"``.
+      sampling: the protocol of the loss estimate, one of :data:`SAMPLINGS`: ``"stratified"``
+        (B samples from each component, :func:`mc_loss`) or ``"categorical"`` (the official
+        code's: B samples from q with labels drawn from the weights, :func:`mc_loss_categorical`).
     """
 
     lr: float = 0.05
     batch: int = 1024
+    sampling: str = "stratified"
 
     def __post_init__(self):
         object.__setattr__(self, "lr", check_positive("lr", self.lr))
         object.__setattr__(self, "batch", check_int_at_least("batch", self.batch, 1))
+        object.__setattr__(self, "sampling", check_choice("sampling", self.sampling, SAMPLINGS))
 
 
 def init_student(key: jax.Array, d: int, R: float, var0: float) -> StudentState:
@@ -141,6 +160,46 @@ def mc_loss(state: StudentState, target: Target, beta, z):
     return jnp.sum(jnp.asarray(WEIGHTS) * jnp.mean(per_sample, axis=-1))
 
 
+def sample_labels(key: jax.Array, batch: int):
+    """Component labels ``k_b ~ Categorical(WEIGHTS)`` for the categorical protocol.
+
+    For the two components, ``k_b = 1[u_b >= w1]`` with ``u_b`` uniform on [0, 1) (one uniform
+    per sample). Both samplers draw their labels with this function.
+
+    Args:
+      key: PRNG key.
+      batch: number of samples B (static).
+    Returns:
+      int32 array of shape (B,) with values in {0, 1}.
+    """
+    return (jax.random.uniform(key, (batch,)) >= WEIGHTS[0]).astype(jnp.int32)
+
+
+def mc_loss_categorical(state: StudentState, target: Target, beta, z, labels):
+    """Categorical reparameterised loss ``L_hat`` (KL to pi_beta minus log Z_beta), the official
+    code's protocol: ``mean_b [beta U(x_b) + log q(x_b)]``, ``x_b = mu_{k_b} + sigma_{k_b} z_b``.
+
+    Args:
+      state: student parameters.
+      target: the two-mode target.
+      beta: inverse temperature (scalar).
+      z: standard normal noise, shape (B, d).
+      labels: component labels ``k_b`` in {0, 1}, integer array of shape (B,) (e.g. from
+        :func:`sample_labels`).
+    Returns:
+      scalar loss.
+    """
+    x = state.mu[labels] + jnp.sqrt(state.var)[labels][:, None] * z
+    per_sample = beta * potential(target, x) + mixture_log_prob(state, x)   # (B,)
+    return jnp.mean(per_sample)
+
+
+def _categorical_noise(key: jax.Array, batch: int, d: int):
+    """Noise of one categorical step: ``(z (B, d), labels (B,))`` from ``split(key)``."""
+    k_lab, k_z = jax.random.split(key)
+    return jax.random.normal(k_z, (batch, d)), sample_labels(k_lab, batch)
+
+
 def jko_update(state: StudentState, grads: StudentState, beta, lr, R) -> StudentState:
     """Apply the JKO/Bures update of DESIGN section 3 given loss gradients.
 
@@ -155,7 +214,15 @@ def jko_update(state: StudentState, grads: StudentState, beta, lr, R) -> Student
 
 
 def jko_step(state: StudentState, key: jax.Array, target: Target, beta, hyper: Hyper):
-    """One stochastic JKO step with fresh noise; returns ``(new_state, loss)``."""
+    """One stochastic JKO step with fresh noise; returns ``(new_state, loss)``.
+
+    ``hyper.sampling`` (static) chooses the loss: stratified, noise ``normal(key, (2, B, d))``; or
+    categorical, labels and noise ``(B, d)`` from ``split(key)`` (:func:`sample_labels`).
+    """
+    if hyper.sampling == "categorical":
+        z, labels = _categorical_noise(key, hyper.batch, state.mu.shape[-1])
+        loss, grads = jax.value_and_grad(mc_loss_categorical)(state, target, beta, z, labels)
+        return jko_update(state, grads, beta, hyper.lr, target.R), loss
     z = jax.random.normal(key, (2, hyper.batch, state.mu.shape[-1]))
     loss, grads = jax.value_and_grad(mc_loss)(state, target, beta, z)
     return jko_update(state, grads, beta, hyper.lr, target.R), loss
@@ -187,8 +254,12 @@ def _simulate(key, state0, target, schedule: Schedule, n_iter: int, hyper: Hyper
     if not record:
         return final, None
     # the last recorded point: statistics of the final state and a KL estimate from one more batch
-    z = jax.random.normal(keys[-1], (2, hyper.batch, target.d))
-    kl_last = mc_loss(final, target, betas[-1], z) + log_z[-1]
+    if hyper.sampling == "categorical":
+        z, labels = _categorical_noise(keys[-1], hyper.batch, target.d)
+        kl_last = mc_loss_categorical(final, target, betas[-1], z, labels) + log_z[-1]
+    else:
+        z = jax.random.normal(keys[-1], (2, hyper.batch, target.d))
+        kl_last = mc_loss(final, target, betas[-1], z) + log_z[-1]
     m1, m2, s = summary_stats(final, target)
     last = (m1, m2, s, final.var[0], final.var[1], kl_last)
     cols = [jnp.concatenate([r, jnp.atleast_1d(v)]) for r, v in zip(rec, last)]
@@ -234,7 +305,7 @@ def simulate(key: jax.Array, state0: StudentState, target: Target, schedule: Sch
       target: the :class:`Target`.
       schedule: a :class:`Schedule` giving beta(t) at step t = 0, 1, ...
       n_iter: number of steps (integer >= 0).
-      hyper: learning rate and batch size.
+      hyper: learning rate, batch size and sampling protocol (static).
       record: if True also return a :class:`Trajectory` of the statistics at every step.
     Returns:
       ``(final_state, trajectory_or_None)``.

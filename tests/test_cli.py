@@ -68,6 +68,8 @@ def test_figures_help_via_module():
     (["grid", "gmm", "--t0", "0"], "--t0"),
     (["grid", "gmm", "--t0", "10,x"], "--t0"),
     (["grid", "gmm", "--batch", "0"], "--batch"),
+    (["grid", "gmm", "--sampling", "bogus"], "--sampling"),
+    (["grid", "realnvp", "--sampling", "categorical"], "--sampling"),
     (["grid", "gmm", "--n-iter-extra", "-1"], "--n-iter-extra"),
     (["grid", "gmm", "--seed", "-3"], "--seed"),
     (["grid", "gmm", "--shard", "3/3"], "--shard"),
@@ -119,3 +121,25 @@ def test_figures_glob_selects_chapter(tmp_path, capsys):
     assert code == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names and all(n.startswith("ch1_") for n in names)
+
+
+def test_categorical_grid_runs_with_its_own_grid_id(tmp_path, capsys):
+    """``grid gmm --sampling categorical`` at tiny size: it runs, states its protocol, and its
+    grid id differs from the stratified grid's (separate cache folders)."""
+    from annealvi_lib.grid import read_grid_csv
+
+    ids = {}
+    for sampling in ("stratified", "categorical"):
+        out = tmp_path / sampling
+        code, err = _exit_code(["grid", "gmm", "--preset", "quick", "--beta-i", "0.01", "--t0",
+                                "10", "--seeds", "3", "--n-iter-extra", "2", "--batch", "16",
+                                "--sampling", sampling, "--out", str(out), "--cache-dir",
+                                str(tmp_path / "cache"), "--no-progress"], capsys)
+        assert code == 0, err
+        per = "per component" if sampling == "stratified" else "in total"
+        assert f"{sampling} sampling (B = 16 {per})" in err
+        g = read_grid_csv(out / "gmm_grid.csv")
+        assert g["n_runs"].tolist() == [3.0]
+        ids[sampling] = g["grid_id"][0]
+    assert ids["stratified"] != ids["categorical"]
+    assert len(list((tmp_path / "cache" / "gmm").iterdir())) == 2

@@ -15,6 +15,8 @@ def test_presets_build_and_paper_matches_design():
     assert (g.problem.d, g.problem.R, g.problem.w_star, g.problem.lr) == (512, 3.0, 0.8, 0.05)
     assert len(g.beta_is) == 8 and len(g.t0s) == 8 and g.n_seeds >= 100
     assert g.beta_is[0] == pytest.approx(1e-3 / 9)
+    # the official code's sampling protocol: 8192 samples in total, categorical labels
+    assert (g.problem.sampling, g.problem.batch) == ("categorical", 8192)
     r = p.realnvp_grid
     assert (r.d, r.n_layers, r.width, r.depth, r.batch, r.lr, r.n_seeds) == (128, 8, 512, 3, 1024, 1e-3, 200)
     assert r.t0s == tuple(float(t) for t in range(200, 2001, 200))
@@ -23,11 +25,24 @@ def test_presets_build_and_paper_matches_design():
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(d=1), "d"), (dict(R=0.0), "R"), (dict(w_star=1.0), "w_star"), (dict(lr=float("nan")), "lr"),
-    (dict(batch=0), "batch"),
+    (dict(batch=0), "batch"), (dict(sampling="x"), "sampling"),
 ])
 def test_problem_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Problem(**kwargs)
+
+
+def test_only_the_paper_grid_samples_categorically():
+    """The paper preset's GMM grid follows the official protocol; everything else (the book,
+    quick, and the paper's other GMM experiments) stays stratified."""
+    from annealvi_lib.student import SAMPLINGS
+
+    assert SAMPLINGS == ("stratified", "categorical") and Problem().sampling == "stratified"
+    for name in PRESET_NAMES:
+        p = get_preset(name)
+        for cfg in (p.demo, p.ode_check, p.gmm_grid):
+            want = "categorical" if (name, cfg) == ("paper", p.gmm_grid) else "stratified"
+            assert cfg.problem.sampling == want, (name, type(cfg).__name__)
 
 
 def test_grid_validation():

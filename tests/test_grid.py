@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from annealvi_lib.config import get_preset
-from annealvi_lib.grid import (GRID_COLUMNS, ID_COLUMNS, merge_grid_csvs, parse_shard, read_grid_csv, run_grid,
-                               write_grid_csv)
+from annealvi_lib.grid import (GRID_COLUMNS, ID_COLUMNS, grid_id, merge_grid_csvs, parse_shard,
+                               read_grid_csv, run_grid, write_grid_csv)
 
 CFG = dataclasses.replace(get_preset("quick").gmm_grid, n_seeds=6, n_iter_extra=10,
                           t0s=(20.0, 40.0))
@@ -164,3 +164,12 @@ def test_exact_sampler_and_realnvp_identical_across_workers_and_shards(study, tm
               for k in range(2)]
     assert workers == whole
     assert merge_grid_csvs(shards, tmp_path / "m.csv").read_text() == whole
+
+
+def test_grid_id_depends_on_sampling():
+    """Two configurations differing only in the sampling protocol have different grid ids (so
+    different cache folders); the same configuration keeps its id."""
+    cat = dataclasses.replace(CFG, problem=dataclasses.replace(CFG.problem,
+                                                               sampling="categorical"))
+    assert grid_id("gmm", CFG, 0) == grid_id("gmm", dataclasses.replace(CFG), 0)
+    assert grid_id("gmm", cat, 0) != grid_id("gmm", CFG, 0)

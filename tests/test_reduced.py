@@ -305,3 +305,145 @@ def test_betas_entry_point_matches_static_schedule():
         rd.simulate_reduced_betas(ik, nk, target, jnp.zeros(5), hyper)
     with pytest.raises(ValueError, match="betas"):
         rd.simulate_reduced_betas(ik, nk, target, jnp.ones((3, 5)), hyper)
+
+
+# --------------------------------------------------------------------------------------------
+# categorical protocol (the official code's): B samples in total, labels drawn from the weights
+# --------------------------------------------------------------------------------------------
+
+def _stratified_as_labelled(zs, r2):
+    """Stratified noise (zs (3, 2, B), r2 (2, B)) as one labelled array of 2B samples:
+    labels [0]*B + [1]*B (one-hot (2, 2B)), zs (3, 2B), r2 (2B,)."""
+    B = r2.shape[-1]
+    onehot = jax.nn.one_hot(jnp.repeat(jnp.arange(2), B), 2, axis=0)
+    return onehot, zs.reshape(3, 2 * B), r2.reshape(-1)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.3, 1.0])
+def test_label_general_grads_reproduce_stratified(beta):
+    """With labels [0]*B + [1]*B and per-sample weight 1/(2B) the label-general closed form is
+    the stratified one, output by output (float32 round-off of reordered sums: the loss and
+    gradients are sums of O(B) terms of size O(d), relative 1e-5 of the largest entry)."""
+    d, B = D_TEST, 32
+    mu3 = rd.span_coords(STATE.m, STATE.s, R)
+    zs, r2, _ = rd._draw(jax.random.key(0), B, d)
+    ref = jax.jit(rd._fast_grads_soa, static_argnums=7)(mu3, STATE.var, zs, r2, beta, R,
+                                                        W_STAR, d)
+    onehot, zs_l, r2_l = _stratified_as_labelled(zs, r2)
+    out = jax.jit(rd._fast_grads_labels, static_argnums=9)(mu3, STATE.var, zs_l, r2_l, onehot,
+                                                           1.0 / (2 * B), beta, R, W_STAR, d)
+    for name, a, b in zip(("loss", "g_mu", "g_var", "a", "S"), ref, out):
+        a = np.asarray(a, float).reshape(np.shape(b))
+        np.testing.assert_allclose(np.asarray(b, float), a, rtol=0,
+                                   atol=1e-5 * max(1.0, np.abs(a).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("beta", [0.05, 1.0])
+def test_categorical_reduced_gradients_equal_exact_with_shared_noise(beta):
+    """Categorical protocol, same noise and labels: the reduced closed form equals the exact
+    sampler's loss and gradients sample by sample (mirror of the stratified test above), and
+    one step key gives both samplers the same labels."""
+    d, B = D_TEST, 48
+    target = make_target(d, R, W_STAR)
+    mu = jax.random.normal(jax.random.key(3), (2, d))
+    state = st.StudentState(mu=R * mu / jnp.linalg.norm(mu, axis=1, keepdims=True),
+                            var=jnp.array([2.0, 1.3]))
+    key = jax.random.key(5)
+    z, labels = st._categorical_noise(key, B, d)
+    onehot = rd._draw_categorical(key, B, d)[0]
+    assert np.array_equal(np.asarray(onehot), np.asarray(jax.nn.one_hot(labels, 2, axis=0)))
+    assert 0 < int(labels.sum()) < B                       # both components are sampled
+    loss, grads = jax.jit(jax.value_and_grad(st.mc_loss_categorical))(state, target, beta, z,
+                                                                      labels)
+    basis, zs, zp, r2 = _split_noise(state, z, d)
+    stats = jax.jit(rd.reduced_from_student)(state, target)
+    mu3 = jax.jit(rd.span_coords)(stats.m, stats.s, R)
+    out = jax.jit(rd.reduced_grads_labels, static_argnums=8)(
+        mu3, state.var, jnp.asarray(zs, jnp.float32), jnp.asarray(r2, jnp.float32), labels,
+        beta, R, W_STAR, d)
+    l_red, g_mu, g_var, a, S = out
+    # float32 round-off of sums of O(B) terms of size O(d): relative 1e-5
+    assert abs(float(l_red) - float(loss)) <= 1e-5 * max(1.0, abs(float(loss)))
+    g = np.asarray(grads.mu, float)
+    g_perp = g - (g @ basis.T) @ basis
+    assert np.allclose(np.asarray(g_mu), g @ basis.T, atol=1e-5 * np.abs(g).max())
+    assert np.allclose(np.asarray(g_var), np.asarray(grads.var), rtol=1e-4, atol=1e-5)
+    v = np.asarray(a, float) @ zp                          # sum_b a[j, b] z_perp_b
+    assert np.abs(v - g_perp).max() <= 1e-5 * np.abs(g_perp).max()
+    C = np.asarray(a, float) * np.sqrt(r2)[None]
+    assert np.allclose(np.asarray(S), C @ C.T, rtol=1e-4)
+
+
+def test_categorical_and_stratified_have_the_same_mean_gradient():
+    """Reduced sampler: the two protocols estimate the same gradient. Means over N = 400
+    independent batches (B = 64 in total against 32 per component, the same number of samples)
+    of the in-span gradients g_mu (2 x 3) and g_var (2): each difference within 4 SE of the
+    difference (SE from the spread over the draws; 8 comparisons -> family-wise false alarm
+    ~ 5e-4 for normal means). The protocols differ in noise: their spreads are not equal."""
+    d, N, beta = D_TEST, 400, 0.3
+    state = rd.ReducedState(m=jnp.array([0.3, -0.2]), s=jnp.array(-0.5),
+                            var=jnp.array([2.0, 2.1]))
+    target = make_target(d, R, W_STAR)
+    mu3 = rd.span_coords(state.m, state.s, R)
+
+    def grads(sampling, batch):
+        hyper = st.Hyper(0.05, batch, sampling)
+
+        def one(k):
+            _, g_mu, g_var, _, _ = rd._loss_grads(mu3, state.var, k, beta, target, hyper)
+            return jnp.concatenate([g_mu.ravel(), g_var])
+
+        keys = jax.random.split(jax.random.key(21 if sampling == "stratified" else 22), N)
+        return np.asarray(jax.jit(jax.vmap(one))(keys), float)
+
+    gs, gc = grads("stratified", 32), grads("categorical", 64)
+    se = np.sqrt(gs.var(0, ddof=1) / N + gc.var(0, ddof=1) / N)
+    z = np.abs(gs.mean(0) - gc.mean(0)) / se
+    assert np.all(z < 4.0), z
+    # the check has power: the mean gradient is far from zero in SE units
+    assert np.abs(gs.mean(0) / np.sqrt(gs.var(0, ddof=1) / N)).max() > 20
+
+
+@pytest.mark.parametrize("state,beta", [(STATE, 0.3), (HOT_STATE, 1e-3)])
+def test_categorical_one_step_law_matches_exact(state, beta):
+    """Categorical protocol: the reduced one-step update of (m1, m2, s, var1, var2) agrees in
+    mean and variance with the exact sampler's categorical step within 4 SE (as the stratified
+    test above; B = 32 in total, the same number of samples as B = 16 per component there)."""
+    d, B, N = D_TEST, 32, 6000
+    target = make_target(d, R, W_STAR)
+    hyper = st.Hyper(0.05, B, "categorical")
+    full = _student_at(state, d)
+    ex = jax.jit(jax.vmap(lambda k: rd.reduced_from_student(
+        st.jko_step(full, k, target, beta, hyper)[0], target)))(
+        jax.random.split(jax.random.key(1), N))
+    red = jax.jit(jax.vmap(lambda k: rd.reduced_step(state, k, target, beta, hyper)[0]))(
+        jax.random.split(jax.random.key(2), N))
+
+    def cols(x):
+        return np.stack([np.asarray(x.m[:, 0]), np.asarray(x.m[:, 1]), np.asarray(x.s),
+                         np.asarray(x.var[:, 0]), np.asarray(x.var[:, 1])], 1).astype(float)
+
+    a, b = cols(ex), cols(red)
+    se_mean = np.sqrt(a.var(0) / N + b.var(0) / N)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se_mean)
+    assert np.all(np.abs(a.var(0) - b.var(0)) < 4 * np.hypot(_se_var(a), _se_var(b)))
+    drift = np.abs(b.mean(0)[[0, 2]] - np.array([0.3, -0.5])) / se_mean[[0, 2]]
+    assert drift.max() > 10
+
+
+def test_categorical_runs_are_deterministic_and_small_d_works():
+    """simulate_reduced_betas with the categorical protocol: finite trajectories, same keys ->
+    identical numbers, a different protocol -> different numbers (stratified keeps its own
+    noise), and the exact chi-square branch (D < 30) runs too."""
+    ik, nk = st.seed_keys(3, 4)
+    for d in (D_TEST, 12):
+        target = make_target(d, R, W_STAR)
+        betas = Schedule("exp", 0.02, 15.0)(jnp.arange(21))
+        cat = st.Hyper(0.05, 16, "categorical")
+        _, t1 = rd.simulate_reduced_betas(ik, nk, target, betas, cat)
+        _, t2 = rd.simulate_reduced_betas(ik, nk, target, betas, cat)
+        _, ts = rd.simulate_reduced_betas(ik, nk, target, betas, st.Hyper(0.05, 16))
+        assert np.all(np.isfinite(np.asarray(t1.kl))) and np.all(np.isfinite(np.asarray(t1.s)))
+        assert np.array_equal(np.asarray(t1.s), np.asarray(t2.s))
+        assert np.array_equal(np.asarray(t1.s[:, 0]), np.asarray(ts.s[:, 0]))   # same init
+        assert not np.array_equal(np.asarray(t1.s[:, -1]), np.asarray(ts.s[:, -1]))
