@@ -262,7 +262,8 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
     """The no-annealing row: beta = 1 throughout (variance 1 at the start) for each dimension in
     ``G.vanilla_dims``, ``G.vanilla_seeds`` runs of ``G.vanilla_steps`` steps (reduced sampler,
     cached), against ``Phi^2 + Phi^2`` (:func:`annealvi_lib.collapse.vanilla_probability`), the
-    closed form's ``erf(sqrt(d) eps)`` and the ODE-propagated probability at beta = 1."""
+    closed form's ``erf(sqrt(d) eps)``, the ODE-propagated probability and the finite-batch theory
+    at beta = 1 (NaN for d < 33)."""
     p = G.problem
     k_one = math.log10(p.R**2)                        # beta_i R^2 = R^2, i.e. beta_i = 1
     rows = []
@@ -278,11 +279,19 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
                                          n_extra=G.vanilla_steps - 1, n_samples=G.ode_samples,
                                          with_variance=True)
         eps = C.collapse_epsilon(p.R, p.w_star)
+        p_st = math.nan                    # the model's chi^2 draws need d >= 33
+        if dim >= 33:
+            p_st = float(C.stochastic_collapse_probability(
+                np.array([1.0]), np.array([1.0]), d=int(dim), R=p.R, w_star=p.w_star, lr=p.lr,
+                batch=p.batch, sampling=p.sampling, key=jax.random.key(key_seed),
+                n_iter=G.vanilla_steps, n_samples=G.stochastic_samples,
+                var0=1.0).p[0])
         rows.append({"d": int(dim), "runs": r["n_runs"] - r["n_failed"],
                      "p_collapse": r["p_collapse"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
                      "independent means": C.vanilla_probability(d=int(dim), R=p.R, w_star=p.w_star),
                      "closed form": float(math.erf(math.sqrt(dim) * eps)),
                      "ODE-propagated": float(ode.p.ravel()[0]),
+                     "finite-batch theory": p_st,
                      "undecided": int(undecided_counts(res.runs, [r["beta_i"]], [r["t0"]])[0, 0])})
     return rows
 
@@ -606,6 +615,41 @@ def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list
         j = int(np.searchsorted(t0s, r["t0"]))
         out.append({**r, "finite-batch theory": float(st.p[j]), "theory_se": float(st.se[j]),
                     "ODE-propagated": float(ode.p[j])})
+    return out
+
+
+def _smoothed_se(r) -> float:
+    """Binomial SE of a point's collapse fraction, with ``p~ = (k + 1)/(n + 2)`` (as
+    :func:`annealvi_lib.collapse_plots.z_scores`)."""
+    n = r["n_runs"] - r["n_failed"]
+    ps = (r["n_collapsed"] + 1) / (n + 2)
+    return math.sqrt(ps * (1 - ps) / n)
+
+
+def batch_scan_z(rows: list[dict], sampling: str):
+    """``(z of the finite-batch theory at every point, z of the ODE-propagated probability at
+    the points of the main protocol)``: |Monte Carlo - theory| over the combined standard error
+    (the finite-batch theory's own sampling error included)."""
+    z_st = [abs(r["p_collapse"] - r["finite-batch theory"])
+            / math.sqrt(_smoothed_se(r) ** 2 + r["theory_se"] ** 2) for r in rows]
+    z_ode = [abs(r["p_collapse"] - r["ODE-propagated"]) / _smoothed_se(r)
+             for r in rows if r["sampling"] == sampling]
+    return z_st, z_ode
+
+
+def protocol_differences(rows: list[dict], total: int) -> list[tuple]:
+    """Categorical minus stratified collapse probability at ``total`` samples per step, per t0:
+    ``(t0, dp, low, high)`` with a normal 95% interval (independent runs)."""
+    out = []
+    for t0 in sorted({r["t0"] for r in rows}):
+        pick = {r["sampling"]: r for r in rows if r["t0"] == t0 and r["total_samples"] == total}
+        if {"stratified", "categorical"} <= set(pick):
+            a, b = pick["stratified"], pick["categorical"]
+            na, nb = a["n_runs"] - a["n_failed"], b["n_runs"] - b["n_failed"]
+            se = math.sqrt(a["p_collapse"] * (1 - a["p_collapse"]) / na
+                           + b["p_collapse"] * (1 - b["p_collapse"]) / nb)
+            dp = b["p_collapse"] - a["p_collapse"]
+            out.append((t0, dp, dp - 1.96 * se, dp + 1.96 * se))
     return out
 
 

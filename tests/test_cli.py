@@ -78,6 +78,12 @@ def test_figures_help_via_module():
     (["merge", "no_such_file.csv", "--out", "x.csv"], "inputs"),
     (["merge", "a.csv"], "--out"),
     (["nonsense"], "command"),
+    (["theory", "--out", "x", "--batch", "0"], "--batch"),
+    (["theory", "--out", "x", "--sampling", "bogus"], "--sampling"),
+    (["theory", "--out", "x", "--samples", "0"], "--samples"),
+    (["theory", "--preset", "huge", "--out", "x"], "--preset"),
+    (["theory"], "--out"),
+    (["batch-scan", "--out", "x", "--workers", "0"], "--workers"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, option, capsys):
     code, err = _exit_code(argv, capsys)
@@ -143,3 +149,25 @@ def test_categorical_grid_runs_with_its_own_grid_id(tmp_path, capsys):
         ids[sampling] = g["grid_id"][0]
     assert ids["stratified"] != ids["categorical"]
     assert len(list((tmp_path / "cache" / "gmm").iterdir())) == 2
+
+
+def test_theory_writes_the_grid_csv(tmp_path, capsys):
+    """``theory`` writes one row per cell of the preset's grid with the documented columns,
+    probabilities in [0, 1]."""
+    import csv
+
+    from annealvi_lib.config import get_preset
+
+    code, err = _exit_code(["theory", "--preset", "quick", "--samples", "64",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "theory_grid.csv")))
+    G = get_preset("quick").gmm_grid
+    assert len(rows) == len(G.beta_is) * len(G.t0s)
+    assert list(rows[0]) == ["beta_i", "t0", "p_closed", "p_closed_corrected", "p_ode",
+                             "p_stochastic"]
+    cells = {(float(r["beta_i"]), float(r["t0"])) for r in rows}
+    assert cells == {(b, t) for b in G.beta_is for t in G.t0s}
+    for r in rows:
+        for k in ("p_closed", "p_closed_corrected", "p_ode", "p_stochastic"):
+            assert 0.0 <= float(r[k]) <= 1.0
