@@ -343,10 +343,22 @@ def lagged_annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha, schedul
     rate = 1.0 / np.sqrt(v)                                          # (C, T)
     cum = np.concatenate([np.zeros((rate.shape[0], 1)), np.cumsum(rate, axis=1)], axis=1)
     beta_c = np.atleast_1d(al) / R**2
-    # beta(t) is non-decreasing for every schedule: the steps below beta_c are a prefix
+    # beta(t) is non-decreasing for every schedule: the steps below beta_c are a prefix. The
+    # crossing time is interpolated in log beta between the last step below beta_c and the
+    # first one above, so that I_lag is continuous in alpha (a whole-step count would make it a
+    # staircase, and a fit of alpha would sit on its steps).
     n_c = np.stack([np.searchsorted(row, beta_c, side="left") for row in betas], axis=1)  # (A, C)
-    I = (R / _SQRT_2PI) * lr * cum[np.arange(cum.shape[0])[None, :], n_c]
-    I = I.reshape((len(beta_c),) + shape)
+    cells = np.arange(cum.shape[0])[None, :]
+    T = betas.shape[1]
+    lo = np.clip(n_c - 1, 0, T - 1)
+    hi = np.clip(n_c, 0, T - 1)
+    lb = np.log(betas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = (np.log(beta_c)[:, None] - lb[cells, lo]) / (lb[cells, hi] - lb[cells, lo])
+    frac = np.where((n_c >= 1) & (n_c < T) & np.isfinite(frac), np.clip(frac, 0.0, 1.0), 1.0)
+    I_steps = np.where(n_c >= 1, cum[cells, lo] + frac * rate[cells, lo], 0.0)
+    I_steps = np.where(n_c >= T, cum[cells, T], I_steps)
+    I = ((R / _SQRT_2PI) * lr * I_steps).reshape((len(beta_c),) + shape)
     return I[0] if np.ndim(al) == 0 else I
 
 
@@ -820,24 +832,29 @@ def _pull_terms(es, es2, e, dlt, beta, R):
     return 0.25 * (beta * bR2 * var_h - 2.0 * bR2 * (dlt + 1.0 - e) * one), one
 
 
-def target_pull_correction(m, s, v, beta, *, R: float, w_star: float,
+def target_pull_correction(m1, m2, s, v, beta, *, R: float, w_star: float,
                            batch_per_component: float):
-    """Correction to the per-direction noise variance of a mean's gradient along mu*, from the
+    """Correction to the noise covariance of the two means' gradients along mu*, from the
     fluctuation of the target pull (see :func:`noise_covariance`; exact quadratures, for checks).
 
     Args:
-      m: the mean's overlap with mu* (array); s: overlap of the two means; v: common variance;
-        beta: inverse temperature. R, w_star: target. batch_per_component: B.
+      m1, m2: the means' overlaps with mu*; s: their overlap; v: common variance; beta: inverse
+        temperature. R, w_star: target. batch_per_component: B.
     Returns:
-      ``dQ`` (same units as :func:`noise_covariance`), to be added to ``Q_jj`` along mu*.
+      ``(dQ11, dQ22, dQ12)`` (units of :func:`noise_covariance`), added to ``Q`` along mu*.
     """
     u = jnp.sqrt(jnp.asarray(v, jnp.float32))
-    c = 2.0 * R**2 * jnp.asarray(m, jnp.float32) + math.log(w_star / (1.0 - w_star))
-    b = 2.0 * R * u * jnp.ones_like(c)
-    es, es2 = theory.gauss_sigmoid_mean(c, b), theory.gauss_sigmoid_sq_mean(c, b)
     e = 2.0 * theory.f(s, R=R, u=u)
-    dq, _ = _pull_terms(es, es2, e, beta * v - 1.0, beta, R)
-    return dq / batch_per_component
+    out, ones = [], []
+    for m in (m1, m2):
+        c = 2.0 * R**2 * jnp.asarray(m, jnp.float32) + math.log(w_star / (1.0 - w_star))
+        b = 2.0 * R * u * jnp.ones_like(c)
+        es, es2 = theory.gauss_sigmoid_mean(c, b), theory.gauss_sigmoid_sq_mean(c, b)
+        dq, one = _pull_terms(es, es2, e, beta * v - 1.0, beta, R)
+        out.append(dq)
+        ones.append(one)
+    d12 = -0.25 * beta * R * R * e * (ones[0] + ones[1])
+    return out[0] / batch_per_component, out[1] / batch_per_component, d12 / batch_per_component
 
 
 def _chol2(a11, a12, a22):
@@ -850,7 +867,7 @@ def _chol2(a11, a12, a22):
 
 
 def _stochastic_step(m1, m2, s, beta, coef, up, v, key, f_tab, sq_tab, g_tab, gsq_tab, lr, R,
-                     n_bc, D):
+                     n_bc, D, in_span=True, perpendicular=True):
     """One step of the finite-batch model for arrays (C, N) of statistics (units of R)."""
     f_row = _interp_rows(f_tab, up)
     q_row = _interp_rows(sq_tab, up)
@@ -897,10 +914,12 @@ def _stochastic_step(m1, m2, s, beta, coef, up, v, key, f_tab, sq_tab, g_tab, gs
     kb = (lr / (beta * R)) ** 2 / n_bc           # these terms carry no 1/v
     k11, k21, k22 = _chol2(S11 * kq + d11 * kb, S12 * kq + d12 * kb, S11 * kq + d22 * kb)
     xi = jax.random.normal(key, (9,) + m1.shape)
-    for a in range(3):
+    for a in range(3 if in_span else 0):
         a11, a21, a22 = (k11, k21, k22) if a == 0 else (l11, l21, l22)
         nu1[a] = nu1[a] - a11 * xi[a]
         nu2[a] = nu2[a] - (a21 * xi[a] + a22 * xi[3 + a])
+    if not perpendicular:
+        l11 = l21 = l22 = jnp.zeros_like(l11)
     # perpendicular part: Gram ~ Wishart_2(D, Q) by Bartlett (chi^2 by Wilson-Hilferty, D >= 30)
     def wh(z, dof):
         aa = 2.0 / (9.0 * dof)
@@ -920,9 +939,9 @@ def _stochastic_step(m1, m2, s, beta, coef, up, v, key, f_tab, sq_tab, g_tab, gs
     return m1n, m2n, sn
 
 
-@functools.partial(jax.jit, static_argnames=("D",))
+@functools.partial(jax.jit, static_argnames=("D", "in_span", "perpendicular"))
 def _propagate_noisy(key, x0, betas, coef, upos, vs, f_tab, sq_tab, g_tab, gsq_tab, stop, lr, R,
-                     n_bc, D):
+                     n_bc, D, in_span=True, perpendicular=True):
     """Finite-batch model for all cells x samples; returns s at each cell's stop step (C, N)."""
     C = betas.shape[1]
     m1 = jnp.broadcast_to(x0[None, :, 0], (C, x0.shape[0]))
@@ -935,7 +954,8 @@ def _propagate_noisy(key, x0, betas, coef, upos, vs, f_tab, sq_tab, g_tab, gsq_t
         m1, m2, s, s_out = carry
         t, k, beta, cf, up, v = xs
         m1n, m2n, sn = _stochastic_step(m1, m2, s, beta[:, None], cf, up, v, k, f_tab, sq_tab,
-                                        g_tab, gsq_tab, lr, R, n_bc, D)
+                                        g_tab, gsq_tab, lr, R, n_bc, D, in_span,
+                                        perpendicular)
         s_out = jnp.where((t + 1 == stop)[:, None], sn, s_out)
         return (m1n, m2n, sn, s_out), None
 
@@ -950,7 +970,9 @@ def stochastic_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: flo
                                     sampling: str = "stratified", key: jax.Array, n_iter=None,
                                     n_extra: int = 100, n_samples: int = 2048,
                                     schedule: str = "exp", var0=None, table_size: int = 1025,
-                                    n_u: int = 256, settled_s: float = 0.9) -> StochasticCollapse:
+                                    n_u: int = 256, settled_s: float = 0.9,
+                                    in_span: bool = True,
+                                    perpendicular: bool = True) -> StochasticCollapse:
     """Finite-batch collapse probability: the expected JKO map of
     :func:`ode_collapse_probability` plus Gaussian gradient noise of the Monte-Carlo moments.
 
@@ -973,6 +995,8 @@ def stochastic_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: flo
       key: PRNG key (initial draws and noise). n_iter, n_extra, schedule, var0, table_size, n_u:
         as in :func:`ode_collapse_probability`. n_samples: runs per cell (>= 1).
       settled_s: ``|s|`` below which a final state counts as undecided (reported, not excluded).
+      in_span, perpendicular: keep the in-span noise / the perpendicular noise (both by default;
+        switching one off is an ablation that shows which part of the noise matters).
     Returns:
       :class:`StochasticCollapse`.
     """
@@ -1009,7 +1033,7 @@ def stochastic_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: flo
     with fast_threefry():
         s_fin = _propagate_noisy(k_noise, x0, f32(betas), f32(coef), f32(upos), f32(v), f_tab,
                                  sq_tab, g_tab, gsq_tab, jnp.asarray(n_it, jnp.int32), lr, R, n_bc,
-                                 d - 3)
+                                 d - 3, bool(in_span), bool(perpendicular))
     s_fin = np.asarray(s_fin, float)
     failed = ~np.isfinite(s_fin)
     n_ok = np.maximum((~failed).sum(-1), 1)

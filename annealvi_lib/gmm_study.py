@@ -710,12 +710,16 @@ def noise_moment_rows(G: GMMGridConfig, n_draws: int = 2000, seed: int = 5,
     """The finite-batch model's noise moments against the reduced sampler's empirical ones.
 
     At each state, ``n_draws`` independent gradient evaluations of the reduced sampler (batch and
-    protocol of ``G.problem``) give the empirical per-direction covariance of the gradient of
-    mean 1 along mu* (in-span, the coordinate the model corrects for the target pull), along
-    the second span axis (in-span, uncorrected) and across the complement of the span (mean of
-    the Gram matrix over D, with its standard error); the model's values come from
-    :func:`annealvi_lib.collapse.noise_covariance` (+ the mu* correction). Returns rows with
-    the relative difference and its sampling standard error (``sqrt(2/n)`` for a variance).
+    protocol of ``G.problem``) give the empirical per-direction variance of: the gradient of mean
+    1 along mu* (in-span; the model includes the target-pull correction); the *relative* mode
+    ``g1 - g2`` along mu* (what moves ``Delta``); mean 1 along the second span axis (in-span,
+    responsibilities' fluctuation not modelled); and, orthogonal to the span, the mean Gram
+    matrix over D (diagonal and cross term) -- the sampler's own ``E[C C^T]``, so these rows check
+    the moment integrals ``S``, not the Wishart law. The model's values come from
+    :func:`annealvi_lib.collapse.noise_covariance` and
+    :func:`annealvi_lib.collapse.target_pull_correction`. Returns rows with the relative
+    difference and its sampling standard error (``sqrt(2/n)`` for an empirical variance; the
+    standard error of the mean for the Gram entries).
     """
     from . import reduced as Rd
     from .student import Hyper
@@ -723,27 +727,72 @@ def noise_moment_rows(G: GMMGridConfig, n_draws: int = 2000, seed: int = 5,
     p = G.problem
     hyper = Hyper(lr=p.lr, batch=p.batch, sampling=p.sampling)
     n_bc = p.batch if p.sampling == "stratified" else 0.5 * p.batch
+    D = p.d - 3
+    se_var = math.sqrt(2.0 / n_draws)
     rows = []
     for k, m1, m2, s, vb in states:
         beta = grid_beta(k, p.R**2)
         v = vb / beta
         g, S_draws = Rd.gradient_noise_draws(jax.random.key(seed), (m1, m2), s, (v, v), beta,
-                                            p.R, p.w_star, p.d, hyper, n_draws)
-        g1 = g[:, 0, :] - g[:, 0, :].mean(0)
-        emp_e1 = float(np.mean(g1[:, 0] ** 2))
-        emp_e2 = float(np.mean(g1[:, 1] ** 2))
-        s00 = S_draws[:, 0, 0]
-        emp_perp = float(s00.mean()) / (p.d - 3)
-        se_perp = float(s00.std() / s00.mean()) / math.sqrt(n_draws)
-        q11, _, _ = (float(x) for x in C.noise_covariance(s, v, beta, R=p.R,
-                                                          batch_per_component=n_bc))
-        e1 = float(C.target_pull_correction(m1, s, v, beta, R=p.R, w_star=p.w_star,
-                                            batch_per_component=n_bc)) + q11
-        se = math.sqrt(2.0 / n_draws)
-        for name, model, emp, err in (("along $\\mu^*$ (corrected)", e1, emp_e1, se),
-                                      ("second span axis", q11, emp_e2, se),
-                                      ("orthogonal to the span", q11, emp_perp, se_perp)):
-            rows.append({"log10(beta R^2)": k, "v beta": vb, "direction": name,
-                         "model": model, "sampler": emp, "rel. diff": emp / model - 1.0,
-                         "rel. SE": err})
+                                             p.R, p.w_star, p.d, hyper, n_draws)
+        gc = g - g.mean(0)
+        rel = gc[:, 0, 0] - gc[:, 1, 0]
+        q11, q22, q12 = (float(x) for x in C.noise_covariance(s, v, beta, R=p.R,
+                                                              batch_per_component=n_bc))
+        d11, d22, d12 = (float(x) for x in C.target_pull_correction(
+            m1, m2, s, v, beta, R=p.R, w_star=p.w_star, batch_per_component=n_bc))
+
+        def gram(i, j):
+            x = S_draws[:, i, j] / D
+            return float(x.mean()), float(x.std() / abs(x.mean()) / math.sqrt(n_draws))
+
+        g00, se00 = gram(0, 0)
+        g01, se01 = gram(0, 1)
+        checks = (("mean 1, along $\\mu^*$", q11 + d11, float(np.mean(gc[:, 0, 0] ** 2)), se_var),
+                  ("$g_1-g_2$, along $\\mu^*$", q11 + q22 - 2 * q12 + d11 + d22 - 2 * d12,
+                   float(np.mean(rel ** 2)), se_var),
+                  ("mean 1, second span axis", q11, float(np.mean(gc[:, 0, 1] ** 2)), se_var),
+                  ("off the span, $Q_{11}$", q11, g00, se00),
+                  ("off the span, $Q_{12}$", q12, g01, se01))
+        for name, model, emp, err in checks:
+            rows.append({"log10(beta R^2)": k, "state": f"({m1:g}, {m2:g}, {s:g})",
+                         "v beta": vb, "quantity": name, "model": model, "sampler": emp,
+                         "rel. diff": emp / model - 1.0, "rel. SE": err})
+    return rows
+
+
+#: Cells (log10 beta_i R^2, t0) of the noise ablation: the hottest row fast and slow, and two
+#: warmer cells.
+ABLATION_CELLS = ((-3.0, 100.0), (-3.0, 400.0), (-2.0, 200.0), (-1.5, 300.0))
+
+
+def noise_ablation_rows(G: GMMGridConfig, A: dict, T: TheoryGrid, seed: int = 1) -> list[dict]:
+    """Which part of the gradient noise matters: the finite-batch theory with only its in-span
+    part, only its off-span part, and both, next to the propagated map (no noise) and the Monte
+    Carlo, on the :data:`ABLATION_CELLS` that lie on the grid ``A`` (same initial draws)."""
+    p = G.problem
+    cells = [(grid_beta(k, p.R**2), t0) for k, t0 in ABLATION_CELLS]
+    idx = [(int(np.argmin(np.abs(A["beta_is"] - b))), int(np.argmin(np.abs(A["t0s"] - t))))
+           for b, t in cells]
+    keep = [n for n, (b, t) in enumerate(cells)
+            if math.isclose(A["beta_is"][idx[n][0]], b, rel_tol=1e-9) and A["t0s"][idx[n][1]] == t]
+    if not keep:
+        return []
+    b = np.array([cells[n][0] for n in keep])
+    t = np.array([cells[n][1] for n in keep])
+    kw = dict(d=p.d, R=p.R, w_star=p.w_star, lr=p.lr, key=jax.random.key(seed),
+              n_extra=G.n_iter_extra, n_samples=G.stochastic_samples, batch=p.batch,
+              sampling=p.sampling)
+    parts = {name: C.stochastic_collapse_probability(b, t, in_span=a, perpendicular=q, **kw).p
+             for name, a, q in (("in-span noise only", True, False),
+                                ("off-span noise only", False, True))}
+    rows = []
+    for m, n in enumerate(keep):
+        i, j = idx[n]
+        rows.append({"log10(beta_i R^2)": ABLATION_CELLS[n][0], "t0": ABLATION_CELLS[n][1],
+                     "Monte Carlo": float(A["p_collapse"][i, j]),
+                     "no noise (ODE-propagated)": float(T.p_ode[i, j]),
+                     "in-span noise only": float(parts["in-span noise only"][m]),
+                     "off-span noise only": float(parts["off-span noise only"][m]),
+                     "both (finite-batch theory)": float(T.p_stoch[i, j])})
     return rows

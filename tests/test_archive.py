@@ -45,5 +45,5 @@ def test_archived_batch_scan_matches_the_book_preset():
         mine = [q for q in runs if (q["batch"], q["sampling"], q["t0"])
                 == (r["batch"], r["sampling"], r["t0"])]
         assert len(mine) == G.bscan_seeds
-        assert sum(q["collapsed"] == "True" for q in mine) == int(r["n_collapsed"])
+        assert sum(int(q["collapsed"]) for q in mine) == int(r["n_collapsed"])
     json.dumps(prov)                                   # provenance is plain JSON

@@ -282,8 +282,8 @@ def test_noise_moments_match_reduced_sampler(log10_beta_r2, state):
     assert q11 == pytest.approx(q22)                         # equal weights, symmetric state
     se_perp = rel_perp / math.sqrt(n)
     assert perp / q11 - 1 == pytest.approx(0.0, abs=5 * se_perp + 1e-3)
-    model_e1 = q11 + float(co.target_pull_correction(m1, s, v, beta, R=R, w_star=W,
-                                                     batch_per_component=B))
+    model_e1 = q11 + float(co.target_pull_correction(m1, m2, s, v, beta, R=R, w_star=W,
+                                                     batch_per_component=B)[0])
     tol = 4 * math.sqrt(2.0 / n)
     assert e1 / model_e1 - 1 == pytest.approx(0.0, abs=tol)
     if log10_beta_r2 <= -3:
