@@ -296,7 +296,7 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
     return rows
 
 
-def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
+def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int, sampling: str = "stratified"):
     """Collapse probability against B per cell (Wilson bars), with the finite-batch theory
     (solid), the ODE-propagated probability (dashed: the B -> infinity limit of the simulation)
     and the closed form (dotted)."""
@@ -323,7 +323,8 @@ def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int):
     ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
     ax.plot([], [], "k:", lw=1.2, label="closed form")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size $B$ (samples per component)")
+    ax.set_xlabel("batch size $B$ (samples per component)" if sampling == "stratified"
+                  else "batch size $B$ (samples in total, categorical)")
     ax.set_ylabel(r"$P_{\rm collapse}$")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -459,7 +460,8 @@ def fig_rate(preset: Preset):
 @register("ch3_batch", chapter=3, description="collapse probability against the batch size B")
 def fig_batch(preset: Preset):
     G = preset.gmm_grid
-    return plot_batch_sensitivity(sensitivity_rows(G, default_workers(preset.name)), G.n_iter_extra)
+    return plot_batch_sensitivity(sensitivity_rows(G, default_workers(preset.name)), G.n_iter_extra,
+                                  G.problem.sampling)
 
 
 def benchmark_summary() -> dict | None:
