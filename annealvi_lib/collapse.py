@@ -79,6 +79,7 @@ from ._validate import check_choice, check_int_at_least, check_open_unit, check_
 from .schedules import SCHEDULES
 from . import theory
 from ._rng import fast_threefry
+from .config import SAMPLINGS
 
 __all__ = [
     "PAPER_ALPHA",
@@ -99,7 +100,6 @@ __all__ = [
     "antipodal_growth",
     "vanilla_probability",
     "lagged_annealing_exponent",
-    "SAMPLING_PROTOCOLS",
     "noise_covariance",
     "target_pull_correction",
     "StochasticCollapse",
@@ -644,6 +644,71 @@ def _propagate(x0, betas, coef, upos, f_tab, g_tab, stop, lr):
     return s_out
 
 
+class _Grid(NamedTuple):
+    """Validated inputs and per-cell paths shared by the propagated theories."""
+
+    d: int
+    R: float
+    w_star: float
+    lr: float
+    n_samples: int
+    table_size: int
+    shape: tuple
+    n_it: np.ndarray
+    betas: np.ndarray
+    v: np.ndarray
+    upos: np.ndarray          # fractional table row of u = sqrt(v), (C, T)
+    coef: np.ndarray          # 1 / (beta v), (C, T)
+    lu: np.ndarray
+    f_tab: jax.Array
+    g_tab: jax.Array
+
+
+def _grid_setup(beta_i, t0, *, d, d_min, R, w_star, lr, schedule, n_samples, n_extra, table_size,
+                n_u, n_iter, var0, with_variance) -> _Grid:
+    """Validate the arguments common to :func:`ode_collapse_probability` and
+    :func:`stochastic_collapse_probability` (ValueError naming the parameter), build every cell's
+    inverse temperatures and variances (:func:`_cell_paths`; ``v = 1/beta`` without variance) and
+    tabulate f and g over the range of ``u = sqrt(v)`` they need."""
+    d = check_int_at_least("d", d, d_min)
+    R = check_positive("R", R)
+    w_star = check_open_unit("w_star", w_star)
+    lr = check_positive("lr", lr)
+    check_choice("schedule", schedule, tuple(SCHEDULES))
+    n_samples = check_int_at_least("n_samples", n_samples, 1)
+    n_extra = check_int_at_least("n_extra", n_extra, 0)
+    table_size = check_int_at_least("table_size", table_size, 3)
+    n_u = check_int_at_least("n_u", n_u, 2)
+    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
+    t = _arr("t0", t0, lo=0.0)
+    b, t = np.broadcast_arrays(b, t)
+    shape = b.shape
+    n_it, betas, v = _cell_paths(b.ravel(), t.ravel(), shape, n_iter, n_extra, schedule, var0,
+                                 lr)
+    if not with_variance:
+        v = 1.0 / betas
+    u = np.sqrt(v)
+    u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
+    lu, f_tab, g_tab = _tables(R, w_star, u_lo, u_hi, n_u, table_size, table_size)
+    upos = (np.log(u) - lu[0]) / (lu[1] - lu[0])
+    return _Grid(d, R, w_star, lr, n_samples, table_size, shape, n_it, betas, v, upos,
+                 1.0 / (betas * v), lu, f_tab, g_tab)
+
+
+def _decisions(s_fin, settled_s=None):
+    """``(p, se, undecided)`` per cell from final overlaps (C, N): fraction with ``s > 0`` among
+    the finite runs, its binomial SE, and (with ``settled_s``) the fraction with
+    ``|s| < settled_s`` (else None)."""
+    s_fin = np.asarray(s_fin, float)
+    failed = ~np.isfinite(s_fin)
+    n_ok = np.maximum((~failed).sum(-1), 1)
+    p = np.where(failed, False, s_fin > 0).sum(-1) / n_ok
+    se = np.sqrt(p * (1.0 - p) / n_ok)
+    und = (None if settled_s is None else
+           np.where(failed, False, np.abs(s_fin) < settled_s).sum(-1) / n_ok)
+    return p, se, und
+
+
 def _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr):
     """Steps per cell, the inverse temperatures (C, T) and the variances (C, T) of every cell:
     the simulation's deterministic variance map ``v <- v (1 - lr w (1 - 1/(beta v)))^2`` from
@@ -714,45 +779,19 @@ def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr:
     Returns:
       :class:`OdeCollapse` (p, se of the broadcast grid shape).
     """
-    d = check_int_at_least("d", d, 3)
-    R = check_positive("R", R)
-    w_star = check_open_unit("w_star", w_star)
-    lr = check_positive("lr", lr)
-    check_choice("schedule", schedule, tuple(SCHEDULES))
-    n_samples = check_int_at_least("n_samples", n_samples, 1)
-    n_extra = check_int_at_least("n_extra", n_extra, 0)
-    table_size = check_int_at_least("table_size", table_size, 3)
-    n_u = check_int_at_least("n_u", n_u, 2)
-    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
-    t = _arr("t0", t0, lo=0.0)
-    b, t = np.broadcast_arrays(b, t)
-    shape = b.shape
-    b, t = b.ravel(), t.ravel()
-    n_it, betas, v = _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr)
-    if not with_variance:
-        v = 1.0 / betas
-    u = np.sqrt(v)
-    u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
-    lu, f_tab, g_tab = _tables(R, w_star, u_lo, u_hi, n_u, table_size, table_size)
-    upos = (np.log(u) - lu[0]) / (lu[1] - lu[0])
-    coef = 1.0 / (betas * v)
-    x0 = theory.sample_initial_stats(key, d, n_samples)
-    s_fin = _propagate(x0, jnp.asarray(betas.T, jnp.float32), jnp.asarray(coef.T, jnp.float32),
-                       jnp.asarray(upos.T, jnp.float32), f_tab, g_tab,
-                       jnp.asarray(n_it, jnp.int32), lr)
-    s_fin = np.asarray(s_fin, float)
-    failed = ~np.isfinite(s_fin)
-    n_ok = np.maximum((~failed).sum(-1), 1)
-    p = np.where(failed, False, s_fin > 0).sum(-1) / n_ok
-    se = np.sqrt(p * (1.0 - p) / n_ok)
-    return OdeCollapse(p=p.reshape(shape), se=se.reshape(shape), n_samples=n_samples,
-                       n_iter=n_it.reshape(shape))
+    g = _grid_setup(beta_i, t0, d=d, d_min=3, R=R, w_star=w_star, lr=lr, schedule=schedule,
+                    n_samples=n_samples, n_extra=n_extra, table_size=table_size, n_u=n_u,
+                    n_iter=n_iter, var0=var0, with_variance=with_variance)
+    x0 = theory.sample_initial_stats(key, g.d, g.n_samples)
+    s_fin = _propagate(x0, jnp.asarray(g.betas.T, jnp.float32), jnp.asarray(g.coef.T, jnp.float32),
+                       jnp.asarray(g.upos.T, jnp.float32), g.f_tab, g.g_tab,
+                       jnp.asarray(g.n_it, jnp.int32), g.lr)
+    p, se, _ = _decisions(s_fin)
+    return OdeCollapse(p=p.reshape(g.shape), se=se.reshape(g.shape), n_samples=g.n_samples,
+                       n_iter=g.n_it.reshape(g.shape))
 
 
 # --- finite-batch stochastic theory ---------------------------------------------------------------
-
-#: Sampling protocols of the Monte-Carlo gradient (see :class:`annealvi_lib.student.Hyper`).
-SAMPLING_PROTOCOLS = ("stratified", "categorical")
 
 
 class StochasticCollapse(NamedTuple):
@@ -1000,46 +1039,24 @@ def stochastic_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: flo
     Returns:
       :class:`StochasticCollapse`.
     """
-    d = check_int_at_least("d", d, 33)
-    R = check_positive("R", R)
-    w_star = check_open_unit("w_star", w_star)
-    lr = check_positive("lr", lr)
     batch = check_int_at_least("batch", batch, 1)
-    check_choice("sampling", sampling, SAMPLING_PROTOCOLS)
-    check_choice("schedule", schedule, tuple(SCHEDULES))
-    n_samples = check_int_at_least("n_samples", n_samples, 1)
-    n_extra = check_int_at_least("n_extra", n_extra, 0)
-    table_size = check_int_at_least("table_size", table_size, 3)
-    n_u = check_int_at_least("n_u", n_u, 2)
+    check_choice("sampling", sampling, SAMPLINGS)
     settled_s = float(_arr("settled_s", settled_s, lo=0.0, hi=1.0))
     n_bc = float(batch) if sampling == "stratified" else 0.5 * batch
-    b = _arr("beta_i", beta_i, lo=0.0, hi=1.0, hi_open=False)
-    t = _arr("t0", t0, lo=0.0)
-    b, t = np.broadcast_arrays(b, t)
-    shape = b.shape
-    b, t = b.ravel(), t.ravel()
-    n_it, betas, v = _cell_paths(b, t, shape, n_iter, n_extra, schedule, var0, lr)
-    u = np.sqrt(v)
-    u_lo, u_hi = float(u.min()) * 0.999, float(u.max()) * 1.001
-    lu, f_tab, g_tab = _tables(R, w_star, u_lo, u_hi, n_u, table_size, table_size)
-    sq_tab, gsq_tab = _sq_tables_jit(jnp.asarray(np.exp(lu), jnp.float32), R, w_star,
-                                     table_size, table_size)
-    upos = (np.log(u) - lu[0]) / (lu[1] - lu[0])
-    coef = 1.0 / (betas * v)
+    g = _grid_setup(beta_i, t0, d=d, d_min=33, R=R, w_star=w_star, lr=lr, schedule=schedule,
+                    n_samples=n_samples, n_extra=n_extra, table_size=table_size, n_u=n_u,
+                    n_iter=n_iter, var0=var0, with_variance=True)
+    sq_tab, gsq_tab = _sq_tables_jit(jnp.asarray(np.exp(g.lu), jnp.float32), g.R, g.w_star,
+                                     g.table_size, g.table_size)
     # the same initial draws as ode_collapse_probability with this key (common random numbers)
-    x0 = theory.sample_initial_stats(key, d, n_samples)
+    x0 = theory.sample_initial_stats(key, g.d, g.n_samples)
     k_noise = jax.random.fold_in(key, 1)
     f32 = lambda a: jnp.asarray(np.ascontiguousarray(a.T), jnp.float32)
     with fast_threefry():
-        s_fin = _propagate_noisy(k_noise, x0, f32(betas), f32(coef), f32(upos), f32(v), f_tab,
-                                 sq_tab, g_tab, gsq_tab, jnp.asarray(n_it, jnp.int32), lr, R, n_bc,
-                                 d - 3, bool(in_span), bool(perpendicular))
-    s_fin = np.asarray(s_fin, float)
-    failed = ~np.isfinite(s_fin)
-    n_ok = np.maximum((~failed).sum(-1), 1)
-    p = np.where(failed, False, s_fin > 0).sum(-1) / n_ok
-    und = np.where(failed, False, np.abs(s_fin) < settled_s).sum(-1) / n_ok
-    se = np.sqrt(p * (1.0 - p) / n_ok)
-    return StochasticCollapse(p=p.reshape(shape), se=se.reshape(shape),
-                              undecided=und.reshape(shape), n_samples=n_samples,
-                              n_iter=n_it.reshape(shape))
+        s_fin = _propagate_noisy(k_noise, x0, f32(g.betas), f32(g.coef), f32(g.upos), f32(g.v),
+                                 g.f_tab, sq_tab, g.g_tab, gsq_tab, jnp.asarray(g.n_it, jnp.int32),
+                                 g.lr, g.R, n_bc, g.d - 3, bool(in_span), bool(perpendicular))
+    p, se, und = _decisions(s_fin, settled_s)
+    return StochasticCollapse(p=p.reshape(g.shape), se=se.reshape(g.shape),
+                              undecided=und.reshape(g.shape), n_samples=g.n_samples,
+                              n_iter=g.n_it.reshape(g.shape))

@@ -62,8 +62,9 @@ def undecided_fraction(arrays: dict) -> np.ndarray:
     return arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
 
 
-def z_scores(k, n, p_theory):
-    """|p_hat - p_theory| in units of the binomial standard error of the measured proportion.
+def z_scores(k, n, p_theory, theory_se=0.0):
+    """|p_hat - p_theory| in units of the binomial standard error of the measured proportion
+    (combined in quadrature with ``theory_se``, the sampling error of a simulated theory).
 
     The standard error uses the smoothed estimate ``p~ = (k + 1) / (n + 2)`` so that cells with
     0 or n collapses (where the plain SE is 0) get a finite, conservative-free scale.
@@ -72,7 +73,7 @@ def z_scores(k, n, p_theory):
     n = np.asarray(n, float)
     p_hat = k / n
     p_s = (k + 1) / (n + 2)
-    se = np.sqrt(p_s * (1 - p_s) / n)
+    se = np.sqrt(p_s * (1 - p_s) / n + np.asarray(theory_se, float) ** 2)
     return np.abs(p_hat - np.asarray(p_theory, float)) / se
 
 

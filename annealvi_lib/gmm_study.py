@@ -68,7 +68,7 @@ class TheoryGrid(NamedTuple):
 
 
 def theory_grid(G: GMMGridConfig, seed: int = 1, batch: int | None = None,
-                sampling: str | None = None) -> TheoryGrid:
+                sampling: str | None = None, with_stochastic: bool = True) -> TheoryGrid:
     """Every theory on the grid: the closed form (paper's alpha, derived alpha, and with the
     sqrt(2) growth and the variance lag), the ODE-propagated probability and the finite-batch
     theory (the ODE-propagated and the finite-batch theory share their initial draws).
@@ -78,6 +78,7 @@ def theory_grid(G: GMMGridConfig, seed: int = 1, batch: int | None = None,
       seed: PRNG seed of the theories' initial draws and noise.
       batch, sampling: override the problem's batch size and sampling protocol for the
         finite-batch theory (default: the grid's own).
+      with_stochastic: compute the finite-batch theory (else its fields are NaN, its time 0).
     """
     p = G.problem
     batch = p.batch if batch is None else batch
@@ -94,6 +95,10 @@ def theory_grid(G: GMMGridConfig, seed: int = 1, batch: int | None = None,
     ode = C.ode_collapse_probability(BB, TT, key=jax.random.key(seed), n_extra=G.n_iter_extra,
                                      n_samples=G.ode_samples, with_variance=True, **kw)
     ode_s = time.perf_counter() - t
+    if not with_stochastic:
+        nan = np.full(BB.shape, np.nan)
+        return TheoryGrid(BB, TT, p_closed, p_paper, ode.p, ode.se, closed_ms, ode_s, p_corr,
+                          nan, nan, nan, 0.0)
     t = time.perf_counter()
     st = C.stochastic_collapse_probability(BB, TT, batch=batch, sampling=sampling,
                                            key=jax.random.key(seed), n_extra=G.n_iter_extra,
@@ -620,23 +625,22 @@ def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list
     return out
 
 
-def _smoothed_se(r) -> float:
-    """Binomial SE of a point's collapse fraction, with ``p~ = (k + 1)/(n + 2)`` (as
-    :func:`annealvi_lib.collapse_plots.z_scores`)."""
-    n = r["n_runs"] - r["n_failed"]
-    ps = (r["n_collapsed"] + 1) / (n + 2)
-    return math.sqrt(ps * (1 - ps) / n)
-
-
 def batch_scan_z(rows: list[dict], sampling: str):
     """``(z of the finite-batch theory at every point, z of the ODE-propagated probability at
     the points of the main protocol)``: |Monte Carlo - theory| over the combined standard error
-    (the finite-batch theory's own sampling error included)."""
-    z_st = [abs(r["p_collapse"] - r["finite-batch theory"])
-            / math.sqrt(_smoothed_se(r) ** 2 + r["theory_se"] ** 2) for r in rows]
-    z_ode = [abs(r["p_collapse"] - r["ODE-propagated"]) / _smoothed_se(r)
-             for r in rows if r["sampling"] == sampling]
-    return z_st, z_ode
+    (:func:`annealvi_lib.collapse_plots.z_scores`; the finite-batch theory's own sampling error
+    included)."""
+    def counts(rs):
+        return (np.array([r["n_collapsed"] for r in rs], float),
+                np.array([r["n_runs"] - r["n_failed"] for r in rs], float))
+
+    k, n = counts(rows)
+    z_st = z_scores(k, n, [r["finite-batch theory"] for r in rows],
+                    [r["theory_se"] for r in rows])
+    main = [r for r in rows if r["sampling"] == sampling]
+    km, nm = counts(main)
+    z_ode = z_scores(km, nm, [r["ODE-propagated"] for r in main])
+    return [float(z) for z in z_st], [float(z) for z in z_ode]
 
 
 def protocol_differences(rows: list[dict], total: int) -> list[tuple]:

@@ -411,23 +411,32 @@ def reduced_update(state: ReducedState, mu, g_mu, g_var, V, beta, lr, d) -> Redu
     return ReducedState(m=m, s=s, var=var)
 
 
-def _draw(key, batch: int, d: int):
-    """All noise of one step: span coordinates (3, 2, B), r^2 (2, B), Bartlett factors (3,)."""
+def _draw_noise(key, shape: tuple, d: int):
+    """Span coordinates (3, *shape), ``r^2`` (*shape) and Bartlett factors (3,) of one step for
+    ``prod(shape)`` samples: one block of normals (Wilson-Hilferty ``chi^2`` when
+    ``D = d - 3 >= 30``), exact gamma draws otherwise."""
     D = d - 3
+    n = math.prod(shape)
     if D >= _WH_MIN_DOF:
-        xi = jax.random.normal(key, (8 * batch + 3,))
-        zs = xi[: 6 * batch].reshape(3, 2, batch)
-        r2 = _wh(xi[6 * batch: 8 * batch].reshape(2, batch), D)
-        tail = xi[8 * batch:]
+        xi = jax.random.normal(key, (4 * n + 3,))
+        zs = xi[: 3 * n].reshape((3,) + shape)
+        r2 = _wh(xi[3 * n: 4 * n].reshape(shape), D)
+        tail = xi[4 * n:]
         chi_d, chi_d1 = _wh(tail[0], D), _wh(tail[2], D - 1)
         bart = jnp.stack([jnp.sqrt(chi_d), tail[1], jnp.sqrt(chi_d1)]) / math.sqrt(D)
         return zs, r2, bart
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    zs = jax.random.normal(k1, (3, 2, batch))
-    r2 = 2.0 * jax.random.gamma(k2, 0.5 * D, (2, batch))
+    zs = jax.random.normal(k1, (3,) + shape)
+    r2 = 2.0 * jax.random.gamma(k2, 0.5 * D, shape)
     g = 2.0 * jax.random.gamma(k3, jnp.array([0.5 * D, 0.5 * (D - 1)]))
     bart = jnp.stack([jnp.sqrt(g[0]), jax.random.normal(k4, ()), jnp.sqrt(g[1])]) / math.sqrt(D)
     return zs, r2, bart
+
+
+def _draw(key, batch: int, d: int):
+    """All noise of one stratified step: span coordinates (3, 2, B), r^2 (2, B), Bartlett
+    factors (3,)."""
+    return _draw_noise(key, (2, batch), d)
 
 
 def _draw_categorical(key, batch: int, d: int):
@@ -436,21 +445,7 @@ def _draw_categorical(key, batch: int, d: int):
     :func:`~annealvi_lib.student.sample_labels`, as in the exact sampler's categorical step."""
     k_lab, k_noise = jax.random.split(key)
     onehot = jax.nn.one_hot(sample_labels(k_lab, batch), 2, axis=0, dtype=jnp.float32)
-    D = d - 3
-    if D >= _WH_MIN_DOF:
-        xi = jax.random.normal(k_noise, (4 * batch + 3,))
-        zs = xi[: 3 * batch].reshape(3, batch)
-        r2 = _wh(xi[3 * batch: 4 * batch], D)
-        tail = xi[4 * batch:]
-        chi_d, chi_d1 = _wh(tail[0], D), _wh(tail[2], D - 1)
-        bart = jnp.stack([jnp.sqrt(chi_d), tail[1], jnp.sqrt(chi_d1)]) / math.sqrt(D)
-        return onehot, zs, r2, bart
-    k1, k2, k3, k4 = jax.random.split(k_noise, 4)
-    zs = jax.random.normal(k1, (3, batch))
-    r2 = 2.0 * jax.random.gamma(k2, 0.5 * D, (batch,))
-    g = 2.0 * jax.random.gamma(k3, jnp.array([0.5 * D, 0.5 * (D - 1)]))
-    bart = jnp.stack([jnp.sqrt(g[0]), jax.random.normal(k4, ()), jnp.sqrt(g[1])]) / math.sqrt(D)
-    return onehot, zs, r2, bart
+    return (onehot,) + _draw_noise(k_noise, (batch,), d)
 
 
 def _loss_grads(mu, var, key, beta, target: Target, hyper: Hyper):

@@ -186,17 +186,12 @@ HOT_STATE = rd.ReducedState(m=jnp.array([0.3, -0.2]), s=jnp.array(-0.5),
                             var=jnp.array([1000.0, 1200.0]))
 
 
-@pytest.mark.parametrize("state,beta", [(STATE, 0.3), (HOT_STATE, 1e-3)])
-def test_one_step_law_matches_exact(state, beta):
-    """(b) The one-step update of (m1, m2, s, var1, var2) from a fixed state: mean and variance
-    agree with the exact sampler's within 4 SE (SE of a variance from the sample 4th moment;
-    10 comparisons -> family-wise false alarm ~ 6e-4). Small B = 16 makes the O(1/B) Wishart
-    term as large as it gets in practice; the hot state (beta = 1e-3, var ~ 1/beta) is where the
-    perpendicular gradient noise dominates the step (s moves by ~0.17 per step)."""
-    d, B, N = D_TEST, 16, 6000
-    target = make_target(d, R, W_STAR)
-    hyper = st.Hyper(0.05, B)
-    full = _student_at(state, d)
+def _check_one_step_law(state, beta, hyper, N=6000):
+    """One reduced step against one exact step from ``state`` (N independent keys each): the
+    means and variances of (m1, m2, s, var1, var2) agree within 4 SE, and the step is not
+    trivial (the mean drift of m1 or s is many SE away from zero)."""
+    target = make_target(D_TEST, R, W_STAR)
+    full = _student_at(state, D_TEST)
     ex = jax.jit(jax.vmap(lambda k: rd.reduced_from_student(
         st.jko_step(full, k, target, beta, hyper)[0], target)))(
         jax.random.split(jax.random.key(1), N))
@@ -210,11 +205,19 @@ def test_one_step_law_matches_exact(state, beta):
     a, b = cols(ex), cols(red)
     se_mean = np.sqrt(a.var(0) / N + b.var(0) / N)
     assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se_mean)
-
     assert np.all(np.abs(a.var(0) - b.var(0)) < 4 * np.hypot(_se_var(a), _se_var(b)))
-    # the step is not trivial: the mean drift of m1 or s is many SE away from zero
     drift = np.abs(b.mean(0)[[0, 2]] - np.array([0.3, -0.5])) / se_mean[[0, 2]]
     assert drift.max() > 10
+
+
+@pytest.mark.parametrize("state,beta", [(STATE, 0.3), (HOT_STATE, 1e-3)])
+def test_one_step_law_matches_exact(state, beta):
+    """(b) The one-step update of (m1, m2, s, var1, var2) from a fixed state: mean and variance
+    agree with the exact sampler's within 4 SE (SE of a variance from the sample 4th moment;
+    10 comparisons -> family-wise false alarm ~ 6e-4). Small B = 16 makes the O(1/B) Wishart
+    term as large as it gets in practice; the hot state (beta = 1e-3, var ~ 1/beta) is where the
+    perpendicular gradient noise dominates the step (s moves by ~0.17 per step)."""
+    _check_one_step_law(state, beta, st.Hyper(0.05, 16))
 
 
 @pytest.mark.parametrize("schedule,n_iter", [
@@ -409,26 +412,7 @@ def test_categorical_one_step_law_matches_exact(state, beta):
     """Categorical protocol: the reduced one-step update of (m1, m2, s, var1, var2) agrees in
     mean and variance with the exact sampler's categorical step within 4 SE (as the stratified
     test above; B = 32 in total, the same number of samples as B = 16 per component there)."""
-    d, B, N = D_TEST, 32, 6000
-    target = make_target(d, R, W_STAR)
-    hyper = st.Hyper(0.05, B, "categorical")
-    full = _student_at(state, d)
-    ex = jax.jit(jax.vmap(lambda k: rd.reduced_from_student(
-        st.jko_step(full, k, target, beta, hyper)[0], target)))(
-        jax.random.split(jax.random.key(1), N))
-    red = jax.jit(jax.vmap(lambda k: rd.reduced_step(state, k, target, beta, hyper)[0]))(
-        jax.random.split(jax.random.key(2), N))
-
-    def cols(x):
-        return np.stack([np.asarray(x.m[:, 0]), np.asarray(x.m[:, 1]), np.asarray(x.s),
-                         np.asarray(x.var[:, 0]), np.asarray(x.var[:, 1])], 1).astype(float)
-
-    a, b = cols(ex), cols(red)
-    se_mean = np.sqrt(a.var(0) / N + b.var(0) / N)
-    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se_mean)
-    assert np.all(np.abs(a.var(0) - b.var(0)) < 4 * np.hypot(_se_var(a), _se_var(b)))
-    drift = np.abs(b.mean(0)[[0, 2]] - np.array([0.3, -0.5])) / se_mean[[0, 2]]
-    assert drift.max() > 10
+    _check_one_step_law(state, beta, st.Hyper(0.05, 32, "categorical"))
 
 
 def test_categorical_runs_are_deterministic_and_small_d_works():
