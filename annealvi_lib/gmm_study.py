@@ -503,6 +503,55 @@ def benchmark_summary() -> dict | None:
     return out
 
 
+def sampler_versions() -> dict | None:
+    """The reduced sampler before and after its rewrite, from ``benchmarks/bench_gmm.py
+    --only-versions`` (``bench_reduced_versions.json``: fresh in the results cache if present,
+    else the committed measurement in ``benchmarks/measured/``).
+
+    Returns ``None`` if absent, else a dict: ``rows`` (one per protocol and total samples N, with
+    the seed-steps per second of the landed sampler at its grid width and at 4 runs per call, of
+    the new one, the two paired ratios and the paper grid's single-core minutes with the new
+    one), ``profile`` (part -> microseconds per seed-step and share of a step), ``limit`` (the
+    generator's words per second and the bytes a step moves), ``machine``, ``source``,
+    ``landed_commit``.
+    """
+    from .paths import load_benchmark
+
+    loaded = load_benchmark("bench_reduced_versions")
+    if loaded is None:
+        return None
+    data, source = loaded
+    rows = data.get("rows", [])
+    out_rows = []
+    for total in sorted({r["total_samples"] for r in rows if "version" in r}):
+        for sampling in ("stratified", "categorical"):
+            sel = {r["mode"]: r for r in rows if r.get("total_samples") == total
+                   and r.get("sampling") == sampling and "version" in r}
+            new = next((r for m, r in sel.items() if m.startswith("new")), None)
+            grid_w = next((r for m, r in sel.items() if m.startswith("landed")
+                           and r["runs_per_call"] != 4), None)
+            w4 = sel.get("landed_w4")
+            if new is None or grid_w is None or w4 is None:
+                continue
+            out_rows.append({
+                "sampling": sampling, "N": total, "B": new["batch"],
+                "landed_grid_width": grid_w["runs_per_call"],
+                "landed": grid_w["seed_steps_per_s"], "landed_w4": w4["seed_steps_per_s"],
+                "new": new["seed_steps_per_s"],
+                "ratio": new[f"ratio_vs_landed_w{grid_w['runs_per_call']}"],
+                "ratio_w4": new["ratio_vs_landed_w4"],
+                "paper_grid_min_new": new["paper_grid_minutes"],
+                "paper_grid_min_landed": grid_w["paper_grid_minutes"],
+                "rounds": new["rounds"]})
+    profile = {r["part"]: (r["us_per_seed_step"], r["share_of_step"]) for r in rows
+               if r.get("mode") == "profile"}
+    limit = next((r for r in rows if r.get("mode") == "limit"), {})
+    landed_commit = next((r["commit"] for r in rows if r.get("version") == "landed"), "")
+    return {"rows": out_rows, "profile": profile, "limit": limit,
+            "machine": data.get("machine", {}), "source": source,
+            "landed_commit": landed_commit}
+
+
 # --------------------------------------------------------------------------------------------
 # batch-size scan on the hottest row (archived: too long for a CPU book build)
 # --------------------------------------------------------------------------------------------

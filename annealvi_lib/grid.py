@@ -89,7 +89,7 @@ GRID_COLUMNS = ("beta_i", "t0", "n_runs", "n_collapsed", "n_failed", "p_collapse
 #: Columns identifying the experiment, appended to both CSVs (checked by the merge).
 ID_COLUMNS = ("study", "grid_id")
 #: Most runs of one compiled call per sampler (exact: memory-bound, fastest one at a time).
-MAX_LANES = {"fast": 64, "exact": 1}
+MAX_LANES = {"fast": 4, "exact": 1}   # reduced.LANES; the exact sampler is memory-bound
 
 
 GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")
@@ -196,8 +196,7 @@ def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler
         betas = schedule(jnp.arange(n_iter + 1))
         if sampler == "fast":
             state0 = reduced.init_reduced(k_init, target, var0)
-            final, lo, hi = student.run_with_range(reduced.reduced_step, k_noise, state0, target,
-                                                   betas, hyper)
+            final, lo, hi = reduced.run_with_range(k_noise, state0, target, betas, hyper)
             m1, m2, s = final.m[..., 0], final.m[..., 1], final.s
         else:
             state0 = student.init_student(k_init, target_d, R, var0)

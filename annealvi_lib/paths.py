@@ -40,13 +40,15 @@ def figures_dir(override: str | os.PathLike | None = None, create: bool = True) 
 
 def load_benchmark(name: str) -> tuple[dict, str] | None:
     """A benchmark's JSON (``name`` e.g. ``"bench_gmm"``): ``<cache>/<name>.json`` (fresh, this
-    machine, written by ``make bench``) if present, else the reference measurements committed in
-    ``benchmarks/reference/``; an unreadable file is skipped. Returns ``(data, source path relative
+    machine, written by ``make bench``) if present, else the measurements committed in
+    ``benchmarks/reference/`` (the reference CPU) or ``benchmarks/measured/`` (another machine,
+    named in the file); an unreadable file is skipped. Returns ``(data, source path relative
     to the repo)`` or ``None``."""
     import json
 
     for path in (cache_dir() / f"{name}.json",
-                 repo_root() / "benchmarks" / "reference" / f"{name}.json"):
+                 repo_root() / "benchmarks" / "reference" / f"{name}.json",
+                 repo_root() / "benchmarks" / "measured" / f"{name}.json"):
         if path.exists():
             try:
                 data = json.loads(path.read_text())

@@ -20,9 +20,11 @@ basis of ``P`` (three i.i.d. standard normals, exactly) and ``z_perp = r n`` wit
   perpendicular part ``p_j`` (zero at the current state) and write
   ``c_{j,kb} = <p_j, z_perp_kb>``; to first order ``|x_kb|^2 += 2 sigma_k c_{k,kb}``,
   ``<x_kb, mu_j> += sigma_k c_{j,kb}``, so that ``a_{j,kb} = dL/dc_{j,kb}`` at ``c = 0`` and
-  ``grad_{p_j} L = sum_kb a_{j,kb} z_perp_kb``. The sampler uses the equivalent closed form
-  :func:`reduced_grads_fast` (no autodiff; ~3x faster); tests check both against the exact
-  sampler's gradients with shared noise.
+  ``grad_{p_j} L = sum_kb a_{j,kb} z_perp_kb``. Equivalent closed forms: per sample,
+  :func:`reduced_grads_fast` and :func:`reduced_grads_labels` (no autodiff), and, as the
+  sampler computes it, through sample sums (:func:`noise_sums`, :func:`grads_from_sums`);
+  tests check them against each other and against the exact sampler's gradients with shared
+  noise.
 
 After a step the new means lie in ``P + span{v1, v2}`` (5 dimensions), and the new statistics
 depend on ``(v1, v2)`` only through their 2x2 Gram matrix. Given ``C_{j,kb} = a_{j,kb} r_kb``,
@@ -42,27 +44,38 @@ chain) up to (i) the Wishart approximation above and (ii) the Wilson-Hilferty ap
 exact at leading order; jax.random.gamma costs ~15 normals per variate on CPU). For ``D < 30``
 we use ``jax.random.gamma`` (exact).
 
-Throughput (benchmarks/bench_gmm.py, d = 512, B = 1024, 2 shared CPU cores): ~1e4 seed-steps/s
-against ~50-120 for the exact sampler; the paper grid (3.5M seed-steps) takes ~6 min.
+How a step is drawn and computed
+--------------------------------
+All of a step's noise comes from one block of threefry bits (:func:`draw_step_noise`): per
+sample, two Box-Muller pairs (:func:`normal_pairs`; the angle without ``sin``/``cos`` calls) give
+the three span coordinates and the normal of the Wilson-Hilferty ``chi^2_D``; the samples are
+ordered by component (the first ``n0``), so the categorical protocol needs only the count
+``n0 ~ Binomial(N, 1/2)``, the popcount of ``N`` random bits. The gradients are then linear in
+48 sample sums, one 6 x 8 matrix product ``M = P Q^T`` over the samples (:func:`noise_sums`,
+:func:`grads_from_sums`), so that each per-sample nonlinearity (responsibility, tanh) is
+evaluated a few times instead of once per output. The runners draw each step's noise one scan
+iteration ahead (:func:`run_with_range`), and run :data:`LANES` runs per compiled call.
 
-Cost per step: 8B + 3 normals and O(B) arithmetic, against 2Bd normals and O(B d) for the exact
-sampler. The statistics are validated against the exact sampler in ``tests/test_reduced.py``
-(per-sample gradients identical with shared noise; one-step update moments; collapse rates).
+Cost per step: ``3N + 4 + N/32`` random words and O(N) arithmetic for ``N`` samples, against
+``N d`` normals and O(N d) for the exact sampler. Where the time goes, the limit set by the
+random-number generator, and the comparison with the previous implementation (normals by
+``erfinv``, per-sample labels, per-output reductions): ``benchmarks/bench_gmm.py``, reported on
+the book's reproducing page. The statistics are validated against the exact sampler in
+``tests/test_reduced.py`` (per-sample gradients identical with shared noise; the sums against
+the per-sample closed form; one-step update moments; collapse rates) and in chapter 3.
 
 Categorical protocol
 --------------------
 With ``Hyper(sampling="categorical")`` (the official code's protocol) the ``B`` samples are
-drawn from q *in total*: labels ``k_b ~ Categorical(w)``
-(:func:`~annealvi_lib.student.sample_labels`, from ``split(key)[0]`` as in the exact sampler, so
-one step key gives both samplers the same labels), ``x_b = mu_{k_b} + sigma_{k_b} z_b``,
-per-sample weight ``1/B``. The
-reduction above holds sample by sample, whatever the label: :func:`reduced_grads_labels` is the
-same closed form with one array of B samples, each carrying its one-hot label (stratified
-sampling is the special case of labels ``[0]*B + [1]*B`` and weights ``1/(2B)``; tested), and
-``S = C C^T`` with ``C_{j,b} = a_{j,b} r_b``. Same O(B) cost per sample (4B + 3 normals and B
-uniforms per step for B samples in total, so B = 2048 in total costs about what B = 1024 per
-component does), and exact in the same sense: the labels, span coordinates and ``r^2`` have
-exactly their law, and the only approximations are again the Wishart Gram and Wilson-Hilferty.
+drawn from q *in total*: labels ``k_b ~ Categorical(w)`` with the student's equal weights,
+``x_b = mu_{k_b} + sigma_{k_b} z_b``, per-sample weight ``1/B``. The reduction above holds
+sample by sample, whatever the label: :func:`reduced_grads_labels` is the same closed form with
+one array of B samples, each carrying its one-hot label (stratified sampling is the special case
+of labels ``[0]*B + [1]*B`` and weights ``1/(2B)``; tested). As the loss is a sum over samples,
+only the number of samples of each component matters: the sampler draws that count (a
+``Binomial(B, 1/2)``) and orders the samples by component, which has exactly the law of labels
+drawn one by one. Exact in the same sense as the stratified protocol: the only approximations
+are the Wishart Gram and Wilson-Hilferty (and float32 normals, cut at :data:`NORMAL_TAIL`).
 """
 
 from __future__ import annotations
@@ -78,12 +91,13 @@ from ._rng import fast_threefry
 from ._validate import check_int_at_least, check_positive
 from .seeding import lanes, padded_blocks
 from .schedules import Schedule
-from .student import WEIGHTS, Hyper, Trajectory, init_student, sample_labels, summary_stats
+from .student import WEIGHTS, Hyper, Trajectory, init_student, summary_stats
 from .targets import Target, log_partition, make_target
 
 __all__ = [
     "ReducedState",
     "MIN_DIM",
+    "LANES",
     "reduced_from_student",
     "init_reduced",
     "span_coords",
@@ -94,7 +108,17 @@ __all__ = [
     "sample_chi2",
     "perp_factor",
     "reduced_update",
+    "NORMAL_TAIL",
+    "StepNoise",
+    "n_samples",
+    "normal_pairs",
+    "draw_step_noise",
+    "noise_sums",
+    "grads_from_sums",
+    "step_loss",
+    "apply_noise",
     "reduced_step",
+    "run_with_range",
     "gradient_noise_draws",
     "simulate_reduced",
     "simulate_reduced_seeds",
@@ -106,6 +130,10 @@ _LOG_2PI = math.log(2.0 * math.pi)
 MIN_DIM = 5
 #: Wilson-Hilferty is used for chi^2_D when D >= this threshold, jax.random.gamma otherwise.
 _WH_MIN_DOF = 30
+#: Runs per compiled call of the runners: 4 keeps a step's per-sample arrays in the L2 cache
+#: (benchmarks/bench_gmm.py: 2, 4, 8, 16 and 50 runs per call measured; 4 fastest at 2048 and
+#: 8192 samples per step on 2-core CPUs, 50 about 1.3x slower).
+LANES = 4
 
 
 class ReducedState(NamedTuple):
@@ -411,55 +439,265 @@ def reduced_update(state: ReducedState, mu, g_mu, g_var, V, beta, lr, d) -> Redu
     return ReducedState(m=m, s=s, var=var)
 
 
-def _draw_noise(key, shape: tuple, d: int):
-    """Span coordinates (3, *shape), ``r^2`` (*shape) and Bartlett factors (3,) of one step for
-    ``prod(shape)`` samples: one block of normals (Wilson-Hilferty ``chi^2`` when
-    ``D = d - 3 >= 30``), exact gamma draws otherwise."""
+# --------------------------------------------------------------------------------------------
+# the sampler's noise: one step's randomness drawn from counter-based bits
+# --------------------------------------------------------------------------------------------
+
+#: Largest |z| a Box-Muller pair can produce from 24-bit uniforms: sqrt(2 * 24 ln 2) ~ 5.77
+#: (a radius beyond it has probability 2^-24 per pair; ``jax.random.normal`` truncates at ~5.4).
+NORMAL_TAIL = math.sqrt(48.0 * math.log(2.0))
+
+
+class StepNoise(NamedTuple):
+    """All the randomness of one reduced step (pytree), for ``N`` samples in total.
+
+    Attributes:
+      z: span coordinates of the samples' standard normals, shape (3, N).
+      r2: squared norms of their perpendicular parts, ``chi^2_{d-3}``, shape (N,).
+      n0: number of samples from component 0 (int32, shape ()): samples ``0 .. n0-1`` belong to
+        component 0, the rest to component 1 (``N/2`` when stratified, ``Binomial(N, 1/2)``
+        when categorical).
+      bartlett: ``(sqrt(chi^2_D), N(0,1), sqrt(chi^2_{D-1})) / sqrt(D)`` for the Wishart Gram,
+        shape (3,).
+    """
+
+    z: jax.Array
+    r2: jax.Array
+    n0: jax.Array
+    bartlett: jax.Array
+
+
+def n_samples(hyper: Hyper) -> int:
+    """Samples per step: ``B`` in total (categorical) or ``B`` per component (stratified)."""
+    return hyper.batch if hyper.sampling == "categorical" else 2 * hyper.batch
+
+
+def _flip(x, bit):
+    """``x * (-1)**bit`` by the sign bit (``bit`` uint32 in {0, 1})."""
+    xb = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type(xb ^ (bit << 31), jnp.float32)
+
+
+def normal_pairs(bits_radius, angle24):
+    """Two independent standard normals per (radius word, 24-bit angle word) (Box-Muller).
+
+    The radius is ``sqrt(-2 ln u)`` with ``u = (k + 1) / 2^24``, ``k`` the top 24 bits of
+    ``bits_radius`` (exact in float32). The angle is uniform on the circle, built without
+    ``sin``/``cos`` calls (which cost ~5 ns per value on XLA's CPU backend): ``phi`` uniform on
+    [0, pi/4) from bits 3..23 of ``angle24`` (21 bits) gives ``(cos phi, sin phi)`` by Taylor
+    polynomials (truncation < 3e-8, below float32 round-off), and its three low bits swap the two
+    coordinates and flip their signs, which maps the octant onto the whole circle uniformly (its
+    eight images under the reflections of the square). Exact in law up to this 2^-24 / 2^-21
+    discretisation, float32 rounding and the radius cut at :data:`NORMAL_TAIL`.
+
+    Args:
+      bits_radius: uint32 array; angle24: uint32 array of the same shape, values < 2^24.
+    Returns:
+      two float32 arrays of that shape.
+    """
+    u = ((bits_radius >> 8) + 1).astype(jnp.float32) * (2.0 ** -24)
+    rad = jnp.sqrt(-2.0 * jnp.log(u))
+    phi = (math.pi / 4.0 * 2.0 ** -21) * (angle24 >> 3).astype(jnp.float32)
+    p2 = phi * phi
+    c = 1.0 + p2 * (-1 / 2 + p2 * (1 / 24 + p2 * (-1 / 720 + p2 * (1 / 40320))))
+    s = phi * (1.0 + p2 * (-1 / 6 + p2 * (1 / 120 + p2 * (-1 / 5040 + p2 * (1 / 362880)))))
+    swap = (angle24 & 1) == 1
+    a, b = jnp.where(swap, s, c), jnp.where(swap, c, s)
+    return (_flip(rad * a, (angle24 >> 1) & 1), _flip(rad * b, (angle24 >> 2) & 1))
+
+
+def _popcount_binomial(words, n: int):
+    """``Binomial(n, 1/2)`` as the number of set bits among the first ``n`` bits of ``words``."""
+    extra = 32 * words.shape[-1] - n
+    if extra:
+        words = words.at[-1].set(words[-1] >> extra)
+    return jnp.sum(jax.lax.population_count(words).astype(jnp.int32))
+
+
+def draw_step_noise(key: jax.Array, hyper: Hyper, d: int) -> StepNoise:
+    """All the noise of one reduced step from one block of threefry bits.
+
+    ``3 N + 4 + ceil(N/32)`` uint32 words: two Box-Muller pairs from three words per sample
+    (three span coordinates and the normal of the Wilson-Hilferty ``chi^2_{d-3}``; exact gamma
+    draws from ``fold_in(key, 1)`` instead when ``d - 3 < 30``), one pair and a half for the
+    Bartlett factors, and ``N`` bits whose popcount is the categorical protocol's component count. The
+    labels of the categorical protocol are i.i.d. Bernoulli(1/2) (equal student weights) and the
+    loss is a sum over samples, so only their count matters: the samples are ordered with
+    component 0 first. Same law as labels drawn one by one.
+
+    Args:
+      key: PRNG key of the step. hyper: batch and sampling protocol (static). d: dimension.
+    Returns:
+      a :class:`StepNoise` with ``N =`` :func:`n_samples` ``(hyper)``.
+    """
+    n = n_samples(hyper)
     D = d - 3
-    n = math.prod(shape)
+    n_words = -(-n // 32)
+    bits = jax.random.bits(key, (3 * n + 4 + n_words,), jnp.uint32)
+    w = bits[: 3 * n].reshape(3, n)
+    # two normal pairs from three words: 24-bit radii from w0, w1; 24-bit angles from the
+    # halves of w2 completed by the low bytes of w0, w1
+    z0, z1 = normal_pairs(w[0], ((w[2] >> 16) << 8) | (w[0] & 0xFF))
+    z2, xi = normal_pairs(w[1], ((w[2] & 0xFFFF) << 8) | (w[1] & 0xFF))
+    off = 3 * n
+    t0, t1 = normal_pairs(bits[off], bits[off + 1] & 0xFFFFFF)
+    t2, _ = normal_pairs(bits[off + 2], bits[off + 3] & 0xFFFFFF)
     if D >= _WH_MIN_DOF:
-        xi = jax.random.normal(key, (4 * n + 3,))
-        zs = xi[: 3 * n].reshape((3,) + shape)
-        r2 = _wh(xi[3 * n: 4 * n].reshape(shape), D)
-        tail = xi[4 * n:]
-        chi_d, chi_d1 = _wh(tail[0], D), _wh(tail[2], D - 1)
-        bart = jnp.stack([jnp.sqrt(chi_d), tail[1], jnp.sqrt(chi_d1)]) / math.sqrt(D)
-        return zs, r2, bart
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    zs = jax.random.normal(k1, (3,) + shape)
-    r2 = 2.0 * jax.random.gamma(k2, 0.5 * D, shape)
-    g = 2.0 * jax.random.gamma(k3, jnp.array([0.5 * D, 0.5 * (D - 1)]))
-    bart = jnp.stack([jnp.sqrt(g[0]), jax.random.normal(k4, ()), jnp.sqrt(g[1])]) / math.sqrt(D)
-    return zs, r2, bart
-
-
-def _draw(key, batch: int, d: int):
-    """All noise of one stratified step: span coordinates (3, 2, B), r^2 (2, B), Bartlett
-    factors (3,)."""
-    return _draw_noise(key, (2, batch), d)
-
-
-def _draw_categorical(key, batch: int, d: int):
-    """All noise of one categorical step: labels as one-hot floats (2, B), span coordinates
-    (3, B), r^2 (B,), Bartlett factors (3,). The labels come from ``split(key)[0]`` with
-    :func:`~annealvi_lib.student.sample_labels`, as in the exact sampler's categorical step."""
-    k_lab, k_noise = jax.random.split(key)
-    onehot = jax.nn.one_hot(sample_labels(k_lab, batch), 2, axis=0, dtype=jnp.float32)
-    return (onehot,) + _draw_noise(k_noise, (batch,), d)
-
-
-def _loss_grads(mu, var, key, beta, target: Target, hyper: Hyper):
-    """Draw one step's noise by ``hyper.sampling`` (static) and return
-    ``(loss, g_mu, g_var, S, bartlett)``."""
-    d = target.d
+        r2 = _wh(xi, D)
+        chi = jnp.stack([_wh(t0, D), _wh(t2, D - 1)])
+    else:
+        k_r2, k_chi = jax.random.split(jax.random.fold_in(key, 1))
+        r2 = 2.0 * jax.random.gamma(k_r2, 0.5 * D, (n,))
+        chi = 2.0 * jax.random.gamma(k_chi, jnp.array([0.5 * D, 0.5 * (D - 1)]))
+    bart = jnp.stack([jnp.sqrt(chi[0]), t1, jnp.sqrt(chi[1])]) / math.sqrt(D)
     if hyper.sampling == "categorical":
-        onehot, zs, r2, bart = _draw_categorical(key, hyper.batch, d)
-        loss, g_mu, g_var, _, S = _fast_grads_labels(mu, var, zs, r2, onehot, 1.0 / hyper.batch,
-                                                     beta, target.R, target.w_star, d)
-        return loss, g_mu, g_var, S, bart
-    zs, r2, bart = _draw(key, hyper.batch, d)
-    loss, g_mu, g_var, _, S = _fast_grads_soa(mu, var, zs, r2, beta, target.R, target.w_star, d)
-    return loss, g_mu, g_var, S, bart
+        n0 = _popcount_binomial(bits[off + 4:], n)
+    else:
+        n0 = jnp.asarray(n // 2, jnp.int32)
+    return StepNoise(z=jnp.stack([z0, z1, z2]), r2=r2, n0=n0, bartlett=bart)
+
+
+def _per_sample(mu, var, noise: StepNoise, R, w_star, d):
+    """Per-sample quantities shared by the gradient sums and the loss: the component mask, the
+    responsibility of component 0, ``<x, mu*>`` and the ``log q`` mixture terms."""
+    z0, z1, z2 = noise.z[0], noise.z[1], noise.z[2]
+    n = noise.r2.shape[-1]
+    own0 = jnp.arange(n) < noise.n0
+    v0, v1 = var[0], var[1]
+    sig = jnp.sqrt(var)
+    dmu = mu[0] - mu[1]
+    dd = jnp.dot(dmu, dmu)
+    zz = z0 * z0 + z1 * z1 + z2 * z2
+    q = zz + noise.r2                                   # |z|^2 of the full d-dim normal
+    pz = dmu[0] * z0 + dmu[1] * z1 + dmu[2] * z2        # <mu1 - mu2, z> in the span
+    # log q_own - log q_other: own |x - mu_k|^2 = var_k q, other = |dmu|^2 +- 2 sig_k pz + var_k q
+    lo0 = (-0.5 * d * jnp.log(v0 / v1) + 0.5 * dd / v1 - 0.5 * q
+           + (sig[0] * pz + 0.5 * v0 * q) / v1)
+    lo1 = (-0.5 * d * jnp.log(v1 / v0) + 0.5 * dd / v0 - 0.5 * q
+           + (-sig[1] * pz + 0.5 * v1 * q) / v0)
+    rho_own = jax.nn.sigmoid(jnp.where(own0, lo0, lo1))
+    rho = jnp.where(own0, rho_own, 1.0 - rho_own)      # responsibility of component 0
+    proj = jnp.where(own0, mu[0, 0], mu[1, 0]) + jnp.where(own0, sig[0], sig[1]) * z0
+    return own0, rho, proj, zz, jnp.where(own0, lo0, lo1)
+
+
+def noise_sums(mu, var, noise: StepNoise, R, w_star, d):
+    """The 6 x 8 matrix of sample sums from which the step's gradients follow in closed form.
+
+    ``M[p, q] = sum_b P_p(b) Q_q(b)`` with rows ``P = (o, 1-o, o rho, (1-o) rho, o rho^2,
+    (1-o) rho^2)`` (``o``: the sample is from component 0; ``rho``: responsibility of component
+    0) and columns ``Q = (1, z_1, z_2, z_3, |z_span|^2, r^2, h, h z_1)``
+    (``h = tanh(R <x, mu*> + kappa)``; the last two columns only in the first two rows), see
+    :func:`grads_from_sums`. Computed as one matrix product ``(1, rho, rho^2, h) (o Q', (1-o) Q')^T``
+    over the samples, ``Q'`` the first six columns: each per-sample nonlinearity is one row of
+    the left factor, evaluated once per row instead of once per output.
+    """
+    own0, rho, proj, zz, _ = _per_sample(mu, var, noise, R, w_star, d)
+    kappa = 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
+    h = jnp.tanh(R * proj + kappa)
+    o = own0.astype(noise.r2.dtype)
+    ones = jnp.ones_like(zz)
+    base = jnp.stack([ones, noise.z[0], noise.z[1], noise.z[2], zz, noise.r2])     # (6, N)
+    left = jnp.stack([ones, rho, rho * rho, h])                                    # (4, N)
+    right = jnp.concatenate([o * base, (1.0 - o) * base])                          # (12, N)
+    T = jax.lax.dot_general(left, right, (((1,), (1,)), ((), ())))                 # (4, 12)
+    c0, c1 = T[:, :6], T[:, 6:]                # sums over component-0 / component-1 samples
+    h_cols = jnp.stack([jnp.stack([c0[3, 0], c0[3, 1]]), jnp.stack([c1[3, 0], c1[3, 1]])])
+    top = jnp.concatenate([jnp.stack([c0[0], c1[0]]), h_cols], axis=1)             # (2, 8)
+    rest = jnp.stack([c0[1], c1[1], c0[2], c1[2]])                                 # (4, 6)
+    return jnp.concatenate([top, jnp.pad(rest, ((0, 0), (0, 2)))])
+
+
+def grads_from_sums(M, mu, var, beta, R, d, n: int):
+    """In-span gradients, variance gradients and perpendicular Gram of one step from the sums of
+    :func:`noise_sums` (``n`` samples, per-sample weight ``1/n``).
+
+    The per-sample algebra of :func:`_fast_grads_labels` summed term by term: with
+    ``A = beta - rho/var_0 - (1-rho)/var_1 = a0 - a1 rho`` every sum over samples of a
+    component is a combination of the sums ``sum_c rho^k Q``; for a component-0 sample
+    ``C_0 = sig_0 r (a0 + rho/var_1)``, ``C_1 = sig_0 r (1-rho)/var_1``, for a component-1
+    sample ``C_0 = sig_1 r rho/var_0``, ``C_1 = sig_1 r (beta - rho/var_0)``. Tested against the
+    per-sample form.
+
+    Returns:
+      ``(g_mu (2, 3), g_var (2,), S (2, 2))``.
+    """
+    M = M / n
+    v0, v1 = var[0], var[1]
+    sig = jnp.sqrt(var)
+    dmu = mu[0] - mu[1]
+    dd = jnp.dot(dmu, dmu)
+    a0 = beta - 1.0 / v1
+    a1 = 1.0 / v0 - 1.0 / v1
+    e0 = jnp.array([1.0, 0.0, 0.0], M.dtype)
+    cnt, Z, zz, r2 = [M[k, 0] for k in range(2)], [M[k, 1:4] for k in range(2)], \
+        [M[k, 4] for k in range(2)], [M[k, 5] for k in range(2)]
+    cnt_r, Z_r, zz_r, r2_r = [M[2 + k, 0] for k in range(2)], [M[2 + k, 1:4] for k in range(2)], \
+        [M[2 + k, 4] for k in range(2)], [M[2 + k, 5] for k in range(2)]
+    r2_rr = [M[4 + k, 5] for k in range(2)]
+    g_mu, g_var = [], []
+    for k in range(2):          # sums over the samples of component k
+        mk, sk = mu[k], sig[k]
+        SA = a0 * cnt[k] - a1 * cnt_r[k]                    # sum A
+        SAz = a0 * Z[k] - a1 * Z_r[k]                       # sum A z
+        # sum of grad_x l = A x + (rho/v0) mu0 + ((1-rho)/v1) mu1 - beta R h mu*
+        g_mu.append(mk * SA + sk * SAz + mu[0] / v0 * cnt_r[k] + mu[1] / v1 * (cnt[k] - cnt_r[k])
+                    - beta * R * e0 * M[k, 6])
+        # sum of <grad_x l, z> and of A r^2
+        gz = (a0 * jnp.dot(mk, Z[k]) - a1 * jnp.dot(mk, Z_r[k]) + sk * (a0 * zz[k] - a1 * zz_r[k])
+              + jnp.dot(mu[0], Z_r[k]) / v0 + jnp.dot(mu[1], Z[k] - Z_r[k]) / v1
+              - beta * R * M[k, 7])
+        g_var.append(gz / (2.0 * sk) + 0.5 * (a0 * r2[k] - a1 * r2_r[k]))
+    # explicit dependence on mu_j: (1/v_j) sum rho_j (x - mu_j)
+    ex0 = (sig[0] * Z_r[0] - dmu * cnt_r[1] + sig[1] * Z_r[1]) / v0
+    ex1 = (dmu * (cnt[0] - cnt_r[0]) + sig[0] * (Z[0] - Z_r[0]) + sig[1] * (Z[1] - Z_r[1])) / v1
+    g_mu = jnp.stack(g_mu) + jnp.stack([ex0, ex1])
+    # explicit dependence on var_j: sum rho_j (|x - mu_j|^2 / (2 v_j^2) - d / (2 v_j))
+    q, q_r = [zz[k] + r2[k] for k in range(2)], [zz_r[k] + r2_r[k] for k in range(2)]
+    rho_dsq0 = (v0 * q_r[0] + dd * cnt_r[1] - 2.0 * sig[1] * jnp.dot(dmu, Z_r[1]) + v1 * q_r[1])
+    rhob_dsq1 = (dd * (cnt[0] - cnt_r[0]) + 2.0 * sig[0] * jnp.dot(dmu, Z[0] - Z_r[0])
+                 + v0 * (q[0] - q_r[0]) + v1 * (q[1] - q_r[1]))
+    rho_sum = cnt_r[0] + cnt_r[1]
+    ev0 = 0.5 * rho_dsq0 / v0 ** 2 - 0.5 * d / v0 * rho_sum
+    ev1 = 0.5 * rhob_dsq1 / v1 ** 2 - 0.5 * d / v1 * (cnt[0] + cnt[1] - rho_sum)
+    g_var = jnp.stack(g_var) + jnp.stack([ev0, ev1])
+    # S = C C^T (weights 1/n in C: one more 1/n)
+    S00 = (v0 * (a0 * a0 * r2[0] + 2.0 * a0 / v1 * r2_r[0] + r2_rr[0] / v1 ** 2)
+           + v1 * r2_rr[1] / v0 ** 2)
+    S01 = (v0 / v1 * (a0 * (r2[0] - r2_r[0]) + (r2_r[0] - r2_rr[0]) / v1)
+           + v1 / v0 * (beta * r2_r[1] - r2_rr[1] / v0))
+    S11 = (v0 / v1 ** 2 * (r2[0] - 2.0 * r2_r[0] + r2_rr[0])
+           + v1 * (beta * beta * r2[1] - 2.0 * beta / v0 * r2_r[1] + r2_rr[1] / v0 ** 2))
+    S = jnp.stack([jnp.stack([S00, S01]), jnp.stack([S01, S11])]) / n
+    return g_mu, g_var, S
+
+
+def step_loss(mu, var, noise: StepNoise, beta, R, w_star, d):
+    """The Monte-Carlo loss ``L_hat`` of one step's noise (mean over the samples of
+    ``beta U(x) + log q(x)``); used for the recorded KL estimate only."""
+    own0, _, proj, zz, lo = _per_sample(mu, var, noise, R, w_star, d)
+    v_own = jnp.where(own0, var[0], var[1])
+    m_own = jnp.where(own0[None], mu[0][:, None], mu[1][:, None])          # (3, N)
+    x = m_own + jnp.sqrt(v_own)[None] * noise.z
+    xsq = jnp.sum(x * x, 0) + v_own * noise.r2
+    log_mix = jnp.logaddexp(jnp.log(w_star) + R * proj, jnp.log1p(-w_star) - R * proj)
+    u = 0.5 * d * _LOG_2PI + 0.5 * xsq + 0.5 * R * R - log_mix
+    # log q = log(w q_own + w q_other) = log w + log q_own + log(1 + e^{-lo}), q_own at |x-mu_k|^2
+    log_q_own = -0.5 * d * (_LOG_2PI + jnp.log(v_own)) - 0.5 * (zz + noise.r2)
+    log_q = math.log(WEIGHTS[0]) + log_q_own + jax.nn.softplus(-lo)
+    return jnp.mean(beta * u + log_q)
+
+
+def apply_noise(state: ReducedState, noise: StepNoise, target: Target, beta, hyper: Hyper):
+    """One stochastic JKO step on the statistics with the given noise; returns
+    ``(new_state, loss)`` (loss = ``L_hat``, dead code unless used)."""
+    d = target.d
+    mu = span_coords(state.m, state.s, target.R)
+    M = noise_sums(mu, state.var, noise, target.R, target.w_star, d)
+    g_mu, g_var, S = grads_from_sums(M, mu, state.var, beta, target.R, d, noise.r2.shape[-1])
+    V = perp_factor(S, noise.bartlett)
+    loss = step_loss(mu, state.var, noise, beta, target.R, target.w_star, d)
+    return reduced_update(state, mu, g_mu, g_var, V, beta, hyper.lr, d), loss
 
 
 def gradient_noise_draws(key: jax.Array, m, s, var, beta, R: float, w_star: float, d: int,
@@ -477,12 +715,13 @@ def gradient_noise_draws(key: jax.Array, m, s, var, beta, R: float, w_star: floa
     """
     n_draws = check_int_at_least("n_draws", n_draws, 2)
     check_int_at_least("d", d, MIN_DIM)
-    target = make_target(d, R, w_star)
     mu = span_coords(jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32), R)
     var = jnp.asarray(var, jnp.float32)
 
     def one(k):
-        _, g_mu, _, S, _ = _loss_grads(mu, var, k, beta, target, hyper)
+        noise = draw_step_noise(k, hyper, d)
+        M = noise_sums(mu, var, noise, R, w_star, d)
+        g_mu, _, S = grads_from_sums(M, mu, var, beta, R, d, noise.r2.shape[-1])
         return g_mu, S
 
     with fast_threefry():
@@ -493,35 +732,69 @@ def gradient_noise_draws(key: jax.Array, m, s, var, beta, R: float, w_star: floa
 def reduced_step(state: ReducedState, key: jax.Array, target: Target, beta, hyper: Hyper):
     """One stochastic JKO step on the statistics; returns ``(new_state, loss)`` (loss = L_hat).
 
-    ``hyper.sampling`` (static) chooses the protocol: stratified (B samples per component,
-    :func:`_draw`) or categorical (B samples in total with drawn labels).
+    ``hyper.sampling`` (static) chooses the protocol: stratified (B samples per component) or
+    categorical (B samples in total, the component count drawn). The runners
+    (:func:`run_with_range`, :func:`simulate_reduced` ...) apply the same map with the same
+    keys, drawing each step's noise one scan iteration ahead (see :func:`_scan_steps`).
     """
-    d = target.d
-    mu = span_coords(state.m, state.s, target.R)
-    loss, g_mu, g_var, S, bart = _loss_grads(mu, state.var, key, beta, target, hyper)
-    V = perp_factor(S, bart)
-    return reduced_update(state, mu, g_mu, g_var, V, beta, hyper.lr, d), loss
+    return apply_noise(state, draw_step_noise(key, hyper, target.d), target, beta, hyper)
+
+
+def run_with_range(key: jax.Array, state0: ReducedState, target: Target, betas, hyper: Hyper):
+    """Final state of ``n_iter = len(betas) - 1`` reduced steps and the range of the variances
+    visited (the grid runner's entry point; the reduced twin of
+    :func:`annealvi_lib.student.run_with_range`, with the same keys: step t uses key t of
+    ``split(key, n_iter + 1)``).
+
+    Each step's noise is drawn one scan iteration ahead and carried: crossing the loop boundary,
+    it is materialised once, whereas drawn inside the step its Box-Muller transform is fused into,
+    and recomputed by, each consumer of the samples (measured ~1.3x slower). Same map, same keys
+    as repeated :func:`reduced_step`.
+
+    Returns:
+      ``(final_state, var_min, var_max)`` (NaN extremes when any step produced NaN).
+    """
+    n_iter = betas.shape[-1] - 1
+    keys = jax.random.split(key, n_iter + 1)
+
+    def body(carry, xs):
+        state, noise, lo, hi = carry
+        k_next, beta = xs
+        new, _ = apply_noise(state, noise, target, beta, hyper)
+        return (new, draw_step_noise(k_next, hyper, target.d), jnp.minimum(lo, new.var.min()),
+                jnp.maximum(hi, new.var.max())), None
+
+    init = (state0, draw_step_noise(keys[0], hyper, target.d), state0.var.min(),
+            state0.var.max())
+    (final, _, lo, hi), _ = jax.lax.scan(body, init, (keys[1:], betas[:-1]))
+    return final, lo, hi
 
 
 def _run(key, state0, target, betas, hyper: Hyper, record: bool):
-    """Scan of reduced steps over a traced array of inverse temperatures ``betas`` (n_iter + 1,)."""
+    """Scan of reduced steps over a traced array of inverse temperatures ``betas`` (n_iter + 1,);
+    noise drawn one iteration ahead as in :func:`run_with_range` (same keys)."""
     n_iter = betas.shape[-1] - 1
     log_z = log_partition(target, betas) if record else jnp.zeros_like(betas)
     keys = jax.random.split(key, n_iter + 1)
 
-    def body(state, xs):
-        k, beta, lz = xs
-        new, loss = reduced_step(state, k, target, beta, hyper)
+    def body(carry, xs):
+        state, noise = carry
+        k_next, beta, lz = xs
+        new, loss = apply_noise(state, noise, target, beta, hyper)
+        nxt = draw_step_noise(k_next, hyper, target.d)
         if not record:
-            return new, None
-        return new, (state.m[0], state.m[1], state.s, state.var[0], state.var[1], loss + lz)
+            return (new, nxt), None
+        return (new, nxt), (state.m[0], state.m[1], state.s, state.var[0], state.var[1],
+                            loss + lz)
 
-    final, rec = jax.lax.scan(body, state0, (keys[:-1], betas[:-1], log_z[:-1]))
+    init = (state0, draw_step_noise(keys[0], hyper, target.d))
+    (final, last_noise), rec = jax.lax.scan(body, init, (keys[1:], betas[:-1], log_z[:-1]))
     if not record:
         return final, None
-    # last point: statistics of the final state and a KL estimate from one more batch
+    # last point: statistics of the final state and a KL estimate from the noise of the last key
     mu = span_coords(final.m, final.s, target.R)
-    kl_last = _loss_grads(mu, final.var, keys[-1], betas[-1], target, hyper)[0] + log_z[-1]
+    kl_last = step_loss(mu, final.var, last_noise, betas[-1], target.R, target.w_star,
+                        target.d) + log_z[-1]
     last = (final.m[0], final.m[1], final.s, final.var[0], final.var[1], kl_last)
     cols = [jnp.concatenate([r, jnp.atleast_1d(v)]) for r, v in zip(rec, last)]
     traj = Trajectory(m1=cols[0], m2=cols[1], s=cols[2], var1=cols[3], var2=cols[4],
@@ -578,7 +851,7 @@ _simulate_betas_jit = jax.jit(_simulate_betas, static_argnames=("hyper", "record
 
 
 def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: Hyper = Hyper(),
-                           var0=None, record: bool = True, chunk: int | None = 64):
+                           var0=None, record: bool = True, chunk: int | None = LANES):
     """Batched reduced runs with *per-run* temperature paths (one compilation per ``n_iter``).
 
     The schedule enters as a traced array, so runs of different cells (different ``beta_i``,
@@ -599,8 +872,7 @@ def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: 
         as a loop over calls of one width, ``seeding.lanes(S, chunk)`` (the last call padded by
         repeating its last run, then dropped), so that all runs go through one compiled program
         and a run's numbers depend only on its inputs, its position and that width.
-        Smaller calls keep the per-step working set in cache (64 measured ~1.3x faster than one
-        vmap over 256 runs on 2 CPU cores).
+        Small calls keep the per-step working set in cache (see :data:`LANES`).
     Returns:
       ``(final ReducedState, trajectories_or_None)`` with leading axis S.
     """

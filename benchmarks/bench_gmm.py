@@ -3,7 +3,11 @@
 Measures, at the paper's d = 512 (compile excluded, ``block_until_ready``):
 
 * the reduced O(B + d) sampler (``annealvi_lib.reduced``) at B = 1024 (and 8192), vmapped over
-  seeds, and through the grid entry point ``simulate_reduced_betas`` (chunks of 64 runs);
+  seeds, and through the grid entry point ``simulate_reduced_betas`` (``reduced.LANES`` runs per
+  call);
+* the reduced sampler side by side with the one landed before it (``LANDED_COMMIT``, imported
+  from git), at 2048 and 8192 samples per step, stratified and categorical, in interleaved
+  rounds (median of the per-round ratios), and where its time goes (``profile_reduced``);
 * the exact O(B d) sampler (``annealvi_lib.student``) at B = 1024 and 8192, vmapped over seeds;
 * the exact sampler as a plain per-seed Python loop over a jitted step (the naive baseline);
 * the exact sampler with the PRNG implementations threefry2x32 / rbg / unsafe_rbg.
@@ -17,9 +21,12 @@ Keep it short: the machine is shared. Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,9 +34,16 @@ import jax
 import jax.numpy as jnp
 
 from annealvi_lib import reduced as rd
+from annealvi_lib._rng import fast_threefry
 from annealvi_lib import student as st
 from annealvi_lib.schedules import Schedule
 from annealvi_lib.targets import make_target
+
+#: The reduced sampler before the issue-12 rewrite (erfinv normals, per-sample labels,
+#: per-output reductions, 64 runs per call): kept callable for the side-by-side comparison.
+LANDED_COMMIT = "a28601a"
+#: Runs per call of the landed sampler in the grid runner (seeding.lanes(100, 64)).
+LANDED_GRID_WIDTH = 50
 
 #: seed-steps of the paper grid: 8 beta_i x 100 seeds x sum over t0 = 100..800 of (t0 + 100)
 PAPER_GRID_SEED_STEPS = 8 * 100 * sum(t0 + 100 for t0 in range(100, 801, 100))
@@ -59,8 +73,7 @@ def bench_vmapped(kind: str, d: int, batch: int, n_seeds: int, n_iter: int, repe
     ik, nk = _keys(n_seeds, impl)
     if kind == "reduced_betas":      # the grid-runner entry point: traced schedule, chunked vmap
         betas = sched(jnp.arange(n_iter + 1))
-        fn = lambda: rd.simulate_reduced_betas(ik, nk, target, betas, hyper, record=False,
-                                               chunk=64)[0]
+        fn = lambda: rd.simulate_reduced_betas(ik, nk, target, betas, hyper, record=False)[0]
     else:
         sim = rd.simulate_reduced_seeds if kind == "reduced" else st.simulate_seeds
         fn = lambda: sim(ik, nk, target, sched, n_iter, hyper, record=False)[0]
@@ -96,21 +109,185 @@ def bench_loop(d: int, batch: int, n_seeds: int, n_iter: int, repeats: int) -> d
                 paper_grid_minutes=PAPER_GRID_SEED_STEPS / rate / 60.0)
 
 
+def landed_reduced():
+    """``annealvi_lib/reduced.py`` as of :data:`LANDED_COMMIT`, imported as a module of the
+    package (its relative imports resolve to today's modules, whose used names are unchanged);
+    ``None`` when git or the commit is not available."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        src = subprocess.run(["git", "show", f"{LANDED_COMMIT}:annealvi_lib/reduced.py"],
+                             cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_loader("annealvi_lib._landed_reduced", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "annealvi_lib"
+    exec(compile(src, f"reduced.py@{LANDED_COMMIT}", "exec"), mod.__dict__)
+    return mod
+
+
+def _version_runner(version: str, landed, hyper, target, betas):
+    """jit(vmap) of whole runs through the grid's entry point of each version."""
+    def one(key):
+        k_init, k_noise = jax.random.split(key)
+        mod = landed if version == "landed" else rd
+        state0 = mod.init_reduced(k_init, target, 1.0 / betas[0])
+        if version == "landed":
+            return st.run_with_range(landed.reduced_step, k_noise, state0, target, betas,
+                                     hyper)[0].m
+        return rd.run_with_range(k_noise, state0, target, betas, hyper)[0].m
+
+    return jax.jit(jax.vmap(one))
+
+
+def bench_versions(d: int, rounds: int, n_seeds: int = 200, n_iter: int = 50) -> list[dict]:
+    """Landed against new reduced sampler, side by side: for each protocol and total samples per
+    step N in {2048, 8192}, the landed sampler at its grid width (LANDED_GRID_WIDTH runs per
+    call) and at 4, the new one at ``reduced.LANES``; ``rounds`` interleaved rounds of
+    ``n_seeds`` runs x ``n_iter`` steps each; rows give the median rate and, for the new
+    sampler, the median over rounds of its paired ratio to each landed variant."""
+    landed = landed_reduced()
+    if landed is None:
+        print(f"landed sampler ({LANDED_COMMIT}) not available (no git history): skipped")
+        return []
+    target = make_target(d, 3.0, 0.8)
+    betas = Schedule("exp", 0.01, 100.0)(jnp.arange(n_iter + 1))
+    rows = []
+    for total in (2048, 8192):
+        for sampling in ("stratified", "categorical"):
+            batch = total if sampling == "categorical" else total // 2
+            hyper = st.Hyper(0.05, batch, sampling)
+            variants = {("landed", LANDED_GRID_WIDTH): None, ("landed", 4): None,
+                        ("new", rd.LANES): None}
+            fns = {v: _version_runner(v[0], landed, hyper, target, betas) for v in variants}
+            keys = jax.random.split(jax.random.key(0), n_seeds)
+            times = {v: [] for v in variants}
+
+            def run(v):
+                width = v[1]
+                out = None
+                for start in range(0, n_seeds - width + 1, width):
+                    out = fns[v](keys[start:start + width])
+                return out
+
+            with fast_threefry():
+                for v in variants:                          # compile
+                    jax.block_until_ready(run(v))
+                for _ in range(rounds):
+                    for v in variants:
+                        t = time.perf_counter()
+                        jax.block_until_ready(run(v))
+                        times[v].append(time.perf_counter() - t)
+            done = {v: (n_seeds // v[1]) * v[1] * n_iter for v in variants}
+            rates = {v: [done[v] / t for t in times[v]] for v in variants}
+            new = ("new", rd.LANES)
+            for v in variants:
+                row = dict(sampler="reduced", mode=f"{v[0]}_w{v[1]}", version=v[0],
+                           commit=LANDED_COMMIT if v[0] == "landed" else "HEAD", d=d,
+                           batch=batch, sampling=sampling, total_samples=total,
+                           n_seeds=n_seeds, n_iter=n_iter, runs_per_call=v[1],
+                           key_impl="threefry2x32", rounds=rounds,
+                           seed_steps_per_s=statistics.median(rates[v]),
+                           us_per_seed_step=1e6 / statistics.median(rates[v]),
+                           paper_grid_minutes=PAPER_GRID_SEED_STEPS
+                           / statistics.median(rates[v]) / 60.0)
+                if v == new:
+                    for ref in variants:
+                        if ref[0] == "landed":
+                            row[f"ratio_vs_landed_w{ref[1]}"] = statistics.median(
+                                a / b for a, b in zip(rates[new], rates[ref]))
+                rows.append(row)
+    return rows
+
+
+def profile_reduced(d: int, total: int = 8192, width: int | None = None,
+                    repeats: int = 20) -> list[dict]:
+    """Where a step of the new reduced sampler spends its time, at ``total`` samples per step
+    (stratified), ``width`` runs vmapped (default ``reduced.LANES``): the threefry bits alone,
+    the full noise draw (bits, Box-Muller, Wilson-Hilferty, count), the 6 x 8 sums on a drawn
+    noise, and a whole step inside the runner; plus the limit the generator sets (one 32-bit word
+    per normal) and the bytes a step moves."""
+    width = width or rd.LANES
+    target = make_target(d, 3.0, 0.8)
+    hyper = st.Hyper(0.05, total // 2)
+    n = rd.n_samples(hyper)
+    n_words = 4 * n + 4 + -(-n // 32)
+    keys = jax.random.split(jax.random.key(1), width)
+    mu = rd.span_coords(jnp.array([0.3, -0.2]), jnp.array(0.1), 3.0)
+    var = jnp.array([1.1, 0.9])
+    noise = jax.vmap(lambda k: rd.draw_step_noise(k, hyper, d))(keys)
+
+    def timed(fn, arg):
+        f = jax.jit(fn)
+        with fast_threefry():
+            jax.block_until_ready(f(arg))
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                jax.block_until_ready(f(arg))
+                best = min(best, time.perf_counter() - t)
+        return best / width * 1e6
+
+    parts = {
+        "threefry_bits": timed(jax.vmap(lambda k: jax.random.bits(k, (n_words,), jnp.uint32)
+                                        [:: 997]), keys),
+        "draw_step_noise": timed(jax.vmap(lambda k: jax.tree.map(
+            lambda a: a.reshape(-1)[:: 997], rd.draw_step_noise(k, hyper, d))), keys),
+        "noise_sums": timed(jax.vmap(lambda nz: rd.noise_sums(mu, var, nz, 3.0, 0.8, d)), noise),
+    }
+    n_iter = 50
+    betas = Schedule("exp", 0.01, 100.0)(jnp.arange(n_iter + 1))
+    runner = _version_runner("new", None, hyper, target, betas)
+    parts["full_step"] = timed(runner, keys) / n_iter
+    words_per_s = n_words / (parts["threefry_bits"] * 1e-6)
+    # per sample: 4 words read, 4 noise floats written and read, 14 floats of P and Q written
+    # and read by the product
+    bytes_moved = n * 4 * (4 + 2 * 4 + 2 * 14)
+    rows = [dict(sampler="reduced", mode="profile", part=k, d=d, batch=hyper.batch,
+                 sampling="stratified", total_samples=n, n_seeds=width, key_impl="threefry2x32",
+                 us_per_seed_step=v, share_of_step=v / parts["full_step"]) for k, v in parts.items()]
+    rows.append(dict(sampler="reduced", mode="limit", part="generator", d=d, batch=hyper.batch,
+                     sampling="stratified", total_samples=n, n_seeds=width,
+                     key_impl="threefry2x32", words_per_s=words_per_s,
+                     normals_per_s=words_per_s,
+                     us_per_seed_step=parts["threefry_bits"],
+                     bytes_per_seed_step=bytes_moved,
+                     gbytes_per_s=bytes_moved / (parts["full_step"] * 1e-6) / 1e9))
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench_gmm.json")
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the landed-vs-new comparison")
+    parser.add_argument("--only-versions", action="store_true",
+                        help="only the landed-vs-new comparison and the profile")
     args = parser.parse_args(argv)
     d, rep = args.d, args.repeats
     rows = []
 
     def add(row):
         rows.append(row)
+        if "seed_steps_per_s" not in row:
+            print(f"{row['sampler']:13s} {row['mode']:11s} {row['part']:16s} "
+                  f"{row['us_per_seed_step']:8.1f} us/seed-step", flush=True)
+            return
         print(f"{row['sampler']:13s} {row['mode']:11s} B={row['batch']:5d} S={row['n_seeds']:4d} "
-              f"{row['key_impl']:12s} {row['seed_steps_per_s']:10.1f} seed-steps/s  "
-              f"(paper grid {row['paper_grid_minutes']:8.1f} min)", flush=True)
+              f"{row.get('sampling', 'stratified'):11s} {row['seed_steps_per_s']:10.1f} "
+              f"seed-steps/s  (paper grid {row['paper_grid_minutes']:8.1f} min)"
+              + "".join(f"  {k}={v:.2f}" for k, v in row.items() if k.startswith("ratio")),
+              flush=True)
 
+    for row in bench_versions(d, args.rounds):
+        add(row)
+    for row in profile_reduced(d):
+        add(row)
+
+    if args.only_versions:
+        return _write(args.out, d, rows)
     add(bench_vmapped("reduced", d, 1024, 64, 100, rep))
     add(bench_vmapped("reduced", d, 1024, 256, 50, rep))
     add(bench_vmapped("reduced_betas", d, 1024, 256, 50, rep))
@@ -125,13 +302,27 @@ def main(argv=None) -> dict:
         add(bench_vmapped("exact", d, 8192, n_seeds, 4, rep))
     add(bench_loop(d, 1024, 2, 10, rep))
     add(bench_loop(d, 8192, 1, 4, rep))
+    return _write(args.out, d, rows)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _write(path, d, rows) -> dict:
     result = dict(
         d=d, paper_grid_seed_steps=PAPER_GRID_SEED_STEPS, rows=rows,
-        machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
+        machine=dict(platform=platform.platform(), cpu=_cpu_model(), cpu_count=os.cpu_count(),
                      jax=jax.__version__, devices=[str(x) for x in jax.devices()],
                      load_average=os.getloadavg()),
     )
-    out = Path(args.out)
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
