@@ -65,6 +65,9 @@ def write_archive(folder: str | os.PathLike, tables: dict[str, list[dict]], conf
     """Write ``tables`` (file name -> rows with identical keys) as CSV files and
     ``provenance.json`` into ``folder`` (created); returns the folder."""
     folder = Path(folder)
+    # the commit before this call writes anything: the archive's own files would mark the tree
+    # as changed
+    commit = _commit()
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
         if not rows:
@@ -74,7 +77,7 @@ def write_archive(folder: str | os.PathLike, tables: dict[str, list[dict]], conf
             w.writeheader()
             w.writerows(rows)
     prov = {"config": config, "config_hash": config_digest(config), "library_version": __version__,
-            "commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": _machine(), "runtime_s": round(float(runtime_s), 1), "command": command,
             "files": sorted(tables)}
     (folder / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
