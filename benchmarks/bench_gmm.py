@@ -211,7 +211,7 @@ def profile_reduced(d: int, total: int = 8192, width: int | None = None,
     target = make_target(d, 3.0, 0.8)
     hyper = st.Hyper(0.05, total // 2)
     n = rd.n_samples(hyper)
-    n_words = 4 * n + 4 + -(-n // 32)
+    n_words = 3 * n + 4 + -(-n // 32)      # as reduced.draw_step_noise draws them
     keys = jax.random.split(jax.random.key(1), width)
     mu = rd.span_coords(jnp.array([0.3, -0.2]), jnp.array(0.1), 3.0)
     var = jnp.array([1.1, 0.9])
@@ -240,16 +240,16 @@ def profile_reduced(d: int, total: int = 8192, width: int | None = None,
     runner = _version_runner("new", None, hyper, target, betas)
     parts["full_step"] = timed(runner, keys) / n_iter
     words_per_s = n_words / (parts["threefry_bits"] * 1e-6)
-    # per sample: 4 words read, 4 noise floats written and read, 14 floats of P and Q written
-    # and read by the product
-    bytes_moved = n * 4 * (4 + 2 * 4 + 2 * 14)
+    # per sample: 3 words read; 4 noise floats (z, r^2) written and read; the product's 4 left
+    # and 12 right rows written and read
+    bytes_moved = n * 4 * (3 + 2 * 4 + 2 * 4 + 2 * 12)
     rows = [dict(sampler="reduced", mode="profile", part=k, d=d, batch=hyper.batch,
                  sampling="stratified", total_samples=n, n_seeds=width, key_impl="threefry2x32",
                  us_per_seed_step=v, share_of_step=v / parts["full_step"]) for k, v in parts.items()]
     rows.append(dict(sampler="reduced", mode="limit", part="generator", d=d, batch=hyper.batch,
                      sampling="stratified", total_samples=n, n_seeds=width,
                      key_impl="threefry2x32", words_per_s=words_per_s,
-                     normals_per_s=words_per_s,
+                     normals_per_s=words_per_s * 4 / 3,      # 4 normals from 3 words
                      us_per_seed_step=parts["threefry_bits"],
                      bytes_per_seed_step=bytes_moved,
                      gbytes_per_s=bytes_moved / (parts["full_step"] * 1e-6) / 1e9))
