@@ -41,9 +41,9 @@ def _commit() -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
                              text=True, timeout=10)
         # only the library decides the results: edits elsewhere (docs, benchmarks) do not count
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "annealvi_lib"], cwd=repo_root(), capture_output=True, text=True,
-                               timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal",
+                                "--", "annealvi_lib"], cwd=repo_root(), capture_output=True,
+                               text=True, timeout=10)
         head = out.stdout.strip() or "unknown"
         return head + ("+uncommitted library changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

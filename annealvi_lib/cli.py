@@ -352,7 +352,8 @@ def _cmd_batch_scan(args) -> int:
     pts = ", ".join(f"{B} {s}" for B, s in batch_scan_settings(G))
     print(f"[annealvi] batch scan, preset {args.preset}: log10(beta_i R^2) = {G.bscan_log10:g}, "
           f"t0 in {G.bscan_t0s}, B in [{pts}], {G.bscan_seeds} seeds per point", file=sys.stderr)
-    command = f"python -m annealvi_lib batch-scan --preset {args.preset} --out {args.out}"
+    command = (f"python -m annealvi_lib batch-scan --preset {args.preset} --out {args.out} "
+               f"--workers {args.workers}")
     folder = write_batch_scan(G, out, workers=args.workers, command=command,
                               progress=False if args.no_progress else None)
     print(f"[annealvi] wrote {folder}", file=sys.stderr)

@@ -475,7 +475,8 @@ def benchmark_summary() -> dict | None:
 
     Returns ``None`` if neither exists, else a dict with seed-steps per second of the reduced
     sampler (grid entry point), the exact sampler (one seed per scan and 8 vmapped seeds, B = 1024
-    and 8192) and the plain per-seed loop, plus the source file.
+    and 8192) and the plain per-seed loop, plus the source file and the commit measured (``None``
+    for files that predate recording it).
     """
     from .paths import load_benchmark
 
@@ -492,7 +493,7 @@ def benchmark_summary() -> dict | None:
                 return float(r["seed_steps_per_s"])
         return float("nan")
 
-    out = {"source": source,
+    out = {"source": source, "commit": loaded[0].get("commit"),
            "reduced_1024": rate("reduced_betas", "vmap", 1024),
            "reduced_8192": rate("reduced", "vmap", 8192),
            "exact_1024_s1": rate("exact", "vmap", 1024, 1),
@@ -512,8 +513,10 @@ def sampler_versions() -> dict | None:
     the seed-steps per second of the landed sampler at its grid width and at 4 runs per call, of
     the new one, the two paired ratios and the paper grid's single-core minutes with the new
     one), ``profile`` (part -> microseconds per seed-step and share of a step), ``limit`` (the
-    generator's words per second and the bytes a step moves), ``machine``, ``source``,
-    ``landed_commit``.
+    generator's words per second and an estimate of the bytes a step moves), ``per_value``
+    (function -> ns per value), ``widths`` (runs per call -> seed-steps per second), ``machine``,
+    ``source``, ``landed_commit``, ``commit`` (of the measurement), ``d``,
+    ``paper_grid_seed_steps``.
     """
     from .paths import load_benchmark
 
@@ -545,11 +548,14 @@ def sampler_versions() -> dict | None:
                 "rounds": new["rounds"]})
     profile = {r["part"]: (r["us_per_seed_step"], r["share_of_step"]) for r in rows
                if r.get("mode") == "profile"}
+    per_value = {r["part"]: r["ns_per_value"] for r in rows if r.get("mode") == "per_value"}
+    widths = {r["runs_per_call"]: r["seed_steps_per_s"] for r in rows if r.get("mode") == "width"}
     limit = next((r for r in rows if r.get("mode") == "limit"), {})
     landed_commit = next((r["commit"] for r in rows if r.get("version") == "landed"), "")
-    return {"rows": out_rows, "profile": profile, "limit": limit,
-            "machine": data.get("machine", {}), "source": source,
-            "landed_commit": landed_commit}
+    return {"rows": out_rows, "profile": profile, "per_value": per_value, "widths": widths,
+            "limit": limit, "machine": data.get("machine", {}), "source": source,
+            "landed_commit": landed_commit, "commit": data.get("commit", "unknown"),
+            "d": data.get("d"), "paper_grid_seed_steps": data.get("paper_grid_seed_steps")}
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from .schedules import exp_schedule
 from .seeding import cell_id, lanes, padded_blocks, run_keys
 from .metrics import wilson_interval
 from .student import Hyper, classify_collapse, variance_limit
+from .reduced import LANES as _REDUCED_LANES
 
 __all__ = [
     "STUDIES",
@@ -89,7 +90,7 @@ GRID_COLUMNS = ("beta_i", "t0", "n_runs", "n_collapsed", "n_failed", "p_collapse
 #: Columns identifying the experiment, appended to both CSVs (checked by the merge).
 ID_COLUMNS = ("study", "grid_id")
 #: Most runs of one compiled call per sampler (exact: memory-bound, fastest one at a time).
-MAX_LANES = {"fast": 4, "exact": 1}   # reduced.LANES; the exact sampler is memory-bound
+MAX_LANES = {"fast": _REDUCED_LANES, "exact": 1}   # the exact sampler is memory-bound
 
 
 GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")

@@ -51,10 +51,12 @@ sample, two Box-Muller pairs (:func:`normal_pairs`; the angle without ``sin``/``
 the three span coordinates and the normal of the Wilson-Hilferty ``chi^2_D``; the samples are
 ordered by component (the first ``n0``), so the categorical protocol needs only the count
 ``n0 ~ Binomial(N, 1/2)``, the popcount of ``N`` random bits. The gradients are then linear in
-48 sample sums, one 6 x 8 matrix product ``M = P Q^T`` over the samples (:func:`noise_sums`,
-:func:`grads_from_sums`), so that each per-sample nonlinearity (responsibility, tanh) is
-evaluated a few times instead of once per output. The runners draw each step's noise one scan
-iteration ahead (:func:`run_with_range`), and run :data:`LANES` runs per compiled call.
+30 sample sums, computed as one 4 x 12 matrix product of per-sample features over the samples
+(:func:`noise_sums`, :func:`grads_from_sums`; 18 of its 48 entries are not needed, and half of
+the right factor is zeros, but one product is cheaper than separate reductions, each of which
+XLA would fuse with, and so re-evaluate, the per-sample nonlinearities). The runners draw each
+step's noise one scan iteration ahead (:func:`run_with_range`), and run :data:`LANES` runs per
+compiled call.
 
 Cost per step: ``3N + 4 + N/32`` random words and O(N) arithmetic for ``N`` samples, against
 ``N d`` normals and O(N d) for the exact sampler. Where the time goes, the limit set by the
@@ -75,7 +77,8 @@ of labels ``[0]*B + [1]*B`` and weights ``1/(2B)``; tested). As the loss is a su
 only the number of samples of each component matters: the sampler draws that count (a
 ``Binomial(B, 1/2)``) and orders the samples by component, which has exactly the law of labels
 drawn one by one. Exact in the same sense as the stratified protocol: the only approximations
-are the Wishart Gram and Wilson-Hilferty (and float32 normals, cut at :data:`NORMAL_TAIL`).
+are the Wishart Gram and Wilson-Hilferty, besides the float32-level discretisation of the
+normals (:func:`normal_pairs`).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ from ._validate import check_int_at_least, check_positive
 from .seeding import lanes, padded_blocks
 from .schedules import Schedule
 from .student import WEIGHTS, Hyper, Trajectory, init_student, summary_stats
-from .targets import Target, log_partition, make_target
+from .targets import Target, log_partition
 
 __all__ = [
     "ReducedState",
@@ -130,9 +133,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 MIN_DIM = 5
 #: Wilson-Hilferty is used for chi^2_D when D >= this threshold, jax.random.gamma otherwise.
 _WH_MIN_DOF = 30
-#: Runs per compiled call of the runners: 4 keeps a step's per-sample arrays in the L2 cache
-#: (benchmarks/bench_gmm.py: 2, 4, 8, 16 and 50 runs per call measured; 4 fastest at 2048 and
-#: 8192 samples per step on 2-core CPUs, 50 about 1.3x slower).
+#: Runs per compiled call of the runners: small calls keep a step's working set small
+#: (``benchmarks/bench_gmm.py`` measures the current sampler at 2, 4, 8, 16 and 50 runs per call,
+#: ``profile_reduced``; 4 was the fastest on the 2-core machines it ran on).
 LANES = 4
 
 
@@ -483,12 +486,15 @@ def normal_pairs(bits_radius, angle24):
 
     The radius is ``sqrt(-2 ln u)`` with ``u = (k + 1) / 2^24``, ``k`` the top 24 bits of
     ``bits_radius`` (exact in float32). The angle is uniform on the circle, built without
-    ``sin``/``cos`` calls (which cost ~5 ns per value on XLA's CPU backend): ``phi`` uniform on
-    [0, pi/4) from bits 3..23 of ``angle24`` (21 bits) gives ``(cos phi, sin phi)`` by Taylor
-    polynomials (truncation < 3e-8, below float32 round-off), and its three low bits swap the two
-    coordinates and flip their signs, which maps the octant onto the whole circle uniformly (its
-    eight images under the reflections of the square). Exact in law up to this 2^-24 / 2^-21
-    discretisation, float32 rounding and the radius cut at :data:`NORMAL_TAIL`.
+    ``sin``/``cos`` calls (expensive on XLA's CPU backend; ``profile_reduced`` in
+    ``benchmarks/bench_gmm.py`` times them): ``phi = (j + 1/2) (pi/4) 2^-21`` with ``j`` bits
+    3..23 of ``angle24`` (the midpoints of 2^21 equal cells of [0, pi/4)) gives
+    ``(cos phi, sin phi)`` by Taylor polynomials (truncation < 3e-8, below float32 round-off),
+    and its three low bits swap the two coordinates and flip their signs: the eight images of
+    the octant under the reflections of the square, so the angle is uniform on 2^24 equally
+    spaced, equally likely points of the circle (midpoints: no point is an image twice). Not
+    exactly Gaussian only through this 2^-24 / 2^-21 discretisation, float32 rounding and the
+    radius cut at :data:`NORMAL_TAIL` (probability 2^-24 per pair).
 
     Args:
       bits_radius: uint32 array; angle24: uint32 array of the same shape, values < 2^24.
@@ -497,7 +503,7 @@ def normal_pairs(bits_radius, angle24):
     """
     u = ((bits_radius >> 8) + 1).astype(jnp.float32) * (2.0 ** -24)
     rad = jnp.sqrt(-2.0 * jnp.log(u))
-    phi = (math.pi / 4.0 * 2.0 ** -21) * (angle24 >> 3).astype(jnp.float32)
+    phi = (math.pi / 4.0 * 2.0 ** -21) * ((angle24 >> 3).astype(jnp.float32) + 0.5)
     p2 = phi * phi
     c = 1.0 + p2 * (-1 / 2 + p2 * (1 / 24 + p2 * (-1 / 720 + p2 * (1 / 40320))))
     s = phi * (1.0 + p2 * (-1 / 6 + p2 * (1 / 120 + p2 * (-1 / 5040 + p2 * (1 / 362880)))))
@@ -518,9 +524,9 @@ def draw_step_noise(key: jax.Array, hyper: Hyper, d: int) -> StepNoise:
     """All the noise of one reduced step from one block of threefry bits.
 
     ``3 N + 4 + ceil(N/32)`` uint32 words: two Box-Muller pairs from three words per sample
-    (three span coordinates and the normal of the Wilson-Hilferty ``chi^2_{d-3}``; exact gamma
-    draws from ``fold_in(key, 1)`` instead when ``d - 3 < 30``), one pair and a half for the
-    Bartlett factors, and ``N`` bits whose popcount is the categorical protocol's component count. The
+    (three span coordinates and the normal of the Wilson-Hilferty ``chi^2_{d-3}``; when
+    ``d - 4 < 30`` exact gamma draws instead, from a key split off before the bits), one pair
+    and a half for the Bartlett factors, and ``N`` bits whose popcount is the categorical protocol's component count. The
     labels of the categorical protocol are i.i.d. Bernoulli(1/2) (equal student weights) and the
     loss is a sum over samples, so only their count matters: the samples are ordered with
     component 0 first. Same law as labels drawn one by one.
@@ -533,6 +539,11 @@ def draw_step_noise(key: jax.Array, hyper: Hyper, d: int) -> StepNoise:
     n = n_samples(hyper)
     D = d - 3
     n_words = -(-n // 32)
+    # Wilson-Hilferty for chi^2_D and chi^2_{D-1} when both dofs reach the threshold; otherwise
+    # exact gamma draws from a key of their own (the bits then come from the other half of a split)
+    use_wh = D - 1 >= _WH_MIN_DOF
+    if not use_wh:
+        key, k_gamma = jax.random.split(key)
     bits = jax.random.bits(key, (3 * n + 4 + n_words,), jnp.uint32)
     w = bits[: 3 * n].reshape(3, n)
     # two normal pairs from three words: 24-bit radii from w0, w1; 24-bit angles from the
@@ -542,11 +553,11 @@ def draw_step_noise(key: jax.Array, hyper: Hyper, d: int) -> StepNoise:
     off = 3 * n
     t0, t1 = normal_pairs(bits[off], bits[off + 1] & 0xFFFFFF)
     t2, _ = normal_pairs(bits[off + 2], bits[off + 3] & 0xFFFFFF)
-    if D >= _WH_MIN_DOF:
+    if use_wh:
         r2 = _wh(xi, D)
         chi = jnp.stack([_wh(t0, D), _wh(t2, D - 1)])
     else:
-        k_r2, k_chi = jax.random.split(jax.random.fold_in(key, 1))
+        k_r2, k_chi = jax.random.split(k_gamma)
         r2 = 2.0 * jax.random.gamma(k_r2, 0.5 * D, (n,))
         chi = 2.0 * jax.random.gamma(k_chi, jnp.array([0.5 * D, 0.5 * (D - 1)]))
     bart = jnp.stack([jnp.sqrt(chi[0]), t1, jnp.sqrt(chi[1])]) / math.sqrt(D)
@@ -748,8 +759,8 @@ def run_with_range(key: jax.Array, state0: ReducedState, target: Target, betas, 
 
     Each step's noise is drawn one scan iteration ahead and carried: crossing the loop boundary,
     it is materialised once, whereas drawn inside the step its Box-Muller transform is fused into,
-    and recomputed by, each consumer of the samples (measured ~1.3x slower). Same map, same keys
-    as repeated :func:`reduced_step`.
+    and recomputed by, each consumer of the samples (slower). Same map, same keys as repeated
+    :func:`reduced_step`.
 
     Returns:
       ``(final_state, var_min, var_max)`` (NaN extremes when any step produced NaN).

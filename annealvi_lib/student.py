@@ -271,8 +271,9 @@ def _simulate(key, state0, target, schedule: Schedule, n_iter: int, hyper: Hyper
 def run_with_range(step, key, state0, target, betas, hyper: Hyper):
     """Final state of ``n_iter = len(betas) - 1`` steps and the range of the variances visited.
 
-    ``step(state, key, target, beta, hyper) -> (new_state, loss)`` is :func:`jko_step` or
-    :func:`annealvi_lib.reduced.reduced_step` (both states have a ``var`` field of shape (2,)).
+    ``step(state, key, target, beta, hyper) -> (new_state, loss)`` is :func:`jko_step` (the
+    reduced sampler has its own runner with the same keys,
+    :func:`annealvi_lib.reduced.run_with_range`).
     The noise keys are those of :func:`simulate` (``split(key, n_iter + 1)[:-1]``), so the final
     state is the one ``simulate(..., record=False)`` returns. Used by the grid runner to count
     runs that left the physical range at any step (an oscillating blow-up can end in range).

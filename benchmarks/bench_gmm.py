@@ -16,6 +16,11 @@ and projects the paper grid (64 cells x 100 seeds x (t0 + 100) steps = 3.52M see
 Keep it short: the machine is shared. Usage::
 
     python benchmarks/bench_gmm.py [--out results/bench_gmm.json] [--d 512] [--repeats 2]
+        [--versions-out results/bench_reduced_versions.json] [--only-versions] [--rounds 3]
+
+The landed-vs-new comparison is meant for one single-threaded process on one core, as the grid's
+workers run: ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 python ...``; the JSON
+records the flags and the cores it was allowed.
 """
 
 from __future__ import annotations
@@ -173,8 +178,9 @@ def bench_versions(d: int, rounds: int, n_seeds: int = 200, n_iter: int = 50) ->
             with fast_threefry():
                 for v in variants:                          # compile
                     jax.block_until_ready(run(v))
-                for _ in range(rounds):
-                    for v in variants:
+                for rnd in range(rounds):
+                    # alternate the order of the variants from round to round
+                    for v in (list(variants) if rnd % 2 == 0 else list(variants)[::-1]):
                         t = time.perf_counter()
                         jax.block_until_ready(run(v))
                         times[v].append(time.perf_counter() - t)
@@ -228,30 +234,52 @@ def profile_reduced(d: int, total: int = 8192, width: int | None = None,
                 best = min(best, time.perf_counter() - t)
         return best / width * 1e6
 
+    def total(tree):      # every output element is used, so nothing can be skipped by XLA
+        return sum(jnp.sum(a.astype(jnp.float32)) for a in jax.tree.leaves(tree))
+
     parts = {
-        "threefry_bits": timed(jax.vmap(lambda k: jax.random.bits(k, (n_words,), jnp.uint32)
-                                        [:: 997]), keys),
-        "draw_step_noise": timed(jax.vmap(lambda k: jax.tree.map(
-            lambda a: a.reshape(-1)[:: 997], rd.draw_step_noise(k, hyper, d))), keys),
-        "noise_sums": timed(jax.vmap(lambda nz: rd.noise_sums(mu, var, nz, 3.0, 0.8, d)), noise),
+        "threefry_bits": timed(jax.vmap(lambda k: total(
+            jax.random.bits(k, (n_words,), jnp.uint32) >> 16)), keys),
+        "draw_step_noise (includes the bits)": timed(jax.vmap(lambda k: total(
+            rd.draw_step_noise(k, hyper, d))), keys),
+        "noise_sums (on a drawn noise)": timed(jax.vmap(lambda nz: rd.noise_sums(
+            mu, var, nz, 3.0, 0.8, d)), noise),
     }
     n_iter = 50
     betas = Schedule("exp", 0.01, 100.0)(jnp.arange(n_iter + 1))
     runner = _version_runner("new", None, hyper, target, betas)
     parts["full_step"] = timed(runner, keys) / n_iter
+    # cost per value of the transcendental functions a normal transform could use (4N values)
+    per_value = {}
+    for name, fn in (("erf_inv", jax.lax.erf_inv), ("sin", jnp.sin), ("cos", jnp.cos),
+                     ("log", jnp.log), ("uniform only", lambda u: u)):
+        per_value[name] = timed(jax.vmap(lambda k, fn=fn: jnp.sum(fn(jax.random.uniform(
+            k, (4 * n,), minval=0.01, maxval=0.99)))), keys) / (4 * n) * 1e3      # ns
+    # runs per compiled call (the runner's width): seed-steps per second at 2 .. 50
+    width_rates = {}
+    for w in (2, 4, 8, 16, 50):
+        kw = jax.random.split(jax.random.key(2), w)
+        width_rates[w] = 1e6 / (timed(runner, kw) * width / w / n_iter)
     words_per_s = n_words / (parts["threefry_bits"] * 1e-6)
-    # per sample: 3 words read; 4 noise floats (z, r^2) written and read; the product's 4 left
-    # and 12 right rows written and read
-    bytes_moved = n * 4 * (3 + 2 * 4 + 2 * 4 + 2 * 12)
+    # an estimate, not a measurement: per sample, 3 words written and read; 4 noise floats
+    # (z, r^2) written and read; the product's 4 left and 12 right rows written and read
+    bytes_moved = n * 4 * (2 * 3 + 2 * 4 + 2 * 4 + 2 * 12)
     rows = [dict(sampler="reduced", mode="profile", part=k, d=d, batch=hyper.batch,
                  sampling="stratified", total_samples=n, n_seeds=width, key_impl="threefry2x32",
                  us_per_seed_step=v, share_of_step=v / parts["full_step"]) for k, v in parts.items()]
+    rows += [dict(sampler="reduced", mode="per_value", part=k, d=d, total_samples=n,
+                  n_seeds=width, ns_per_value=v - per_value["uniform only"])
+             for k, v in per_value.items() if k != "uniform only"]
+    rows += [dict(sampler="reduced", mode="width", part=f"{w} runs per call", d=d,
+                  batch=hyper.batch, sampling="stratified", total_samples=n, runs_per_call=w,
+                  n_seeds=w, seed_steps_per_s=r, paper_grid_minutes=PAPER_GRID_SEED_STEPS / r / 60.0)
+             for w, r in width_rates.items()]
     rows.append(dict(sampler="reduced", mode="limit", part="generator", d=d, batch=hyper.batch,
                      sampling="stratified", total_samples=n, n_seeds=width,
                      key_impl="threefry2x32", words_per_s=words_per_s,
                      normals_per_s=words_per_s * 4 / 3,      # 4 normals from 3 words
                      us_per_seed_step=parts["threefry_bits"],
-                     bytes_per_seed_step=bytes_moved,
+                     bytes_per_seed_step_estimate=bytes_moved,
                      gbytes_per_s=bytes_moved / (parts["full_step"] * 1e-6) / 1e9))
     return rows
 
@@ -265,6 +293,8 @@ def main(argv=None) -> dict:
                         help="interleaved rounds of the landed-vs-new comparison")
     parser.add_argument("--only-versions", action="store_true",
                         help="only the landed-vs-new comparison and the profile")
+    parser.add_argument("--versions-out", default="results/bench_reduced_versions.json",
+                        help="where the landed-vs-new comparison and the profile go")
     args = parser.parse_args(argv)
     d, rep = args.d, args.repeats
     rows = []
@@ -272,8 +302,10 @@ def main(argv=None) -> dict:
     def add(row):
         rows.append(row)
         if "seed_steps_per_s" not in row:
-            print(f"{row['sampler']:13s} {row['mode']:11s} {row['part']:16s} "
-                  f"{row['us_per_seed_step']:8.1f} us/seed-step", flush=True)
+            value = row.get("us_per_seed_step", row.get("ns_per_value"))
+            unit = "us/seed-step" if "us_per_seed_step" in row else "ns/value"
+            print(f"{row['sampler']:13s} {row['mode']:11s} {row['part']:36s} {value:8.2f} {unit}",
+                  flush=True)
             return
         print(f"{row['sampler']:13s} {row['mode']:11s} B={row['batch']:5d} S={row['n_seeds']:4d} "
               f"{row.get('sampling', 'stratified'):11s} {row['seed_steps_per_s']:10.1f} "
@@ -285,9 +317,10 @@ def main(argv=None) -> dict:
         add(row)
     for row in profile_reduced(d):
         add(row)
-
+    versions = _write(args.versions_out, d, rows)
     if args.only_versions:
-        return _write(args.out, d, rows)
+        return versions
+    rows = []
     add(bench_vmapped("reduced", d, 1024, 64, 100, rep))
     add(bench_vmapped("reduced", d, 1024, 256, 50, rep))
     add(bench_vmapped("reduced_betas", d, 1024, 256, 50, rep))
@@ -305,6 +338,20 @@ def main(argv=None) -> dict:
     return _write(args.out, d, rows)
 
 
+def _commit() -> str:
+    """HEAD, marked when the library or this benchmark has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "annealvi_lib",
+                                "benchmarks/bench_gmm.py"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+uncommitted changes" if dirty else "")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -317,8 +364,10 @@ def _cpu_model() -> str:
 
 def _write(path, d, rows) -> dict:
     result = dict(
-        d=d, paper_grid_seed_steps=PAPER_GRID_SEED_STEPS, rows=rows,
+        d=d, paper_grid_seed_steps=PAPER_GRID_SEED_STEPS, rows=rows, commit=_commit(),
         machine=dict(platform=platform.platform(), cpu=_cpu_model(), cpu_count=os.cpu_count(),
+                     cores_used=len(os.sched_getaffinity(0)),
+                     xla_flags=os.environ.get("XLA_FLAGS", ""),
                      jax=jax.__version__, devices=[str(x) for x in jax.devices()],
                      load_average=os.getloadavg()),
     )

@@ -474,9 +474,10 @@ def test_gradient_sums_equal_the_per_sample_closed_form(case):
 
 def test_box_muller_normals_have_the_normal_law():
     """:func:`normal_pairs` on 2 x 10^6 pairs (radius word, 24-bit angle) of threefry bits: mean, variance, kurtosis, the
-    tail mass beyond 2 and 3, the pair correlation and a Kolmogorov-Smirnov distance, each
-    against N(0, 1) within 4 SE (KS: 4 / sqrt(n) is above its 99.99% point 2.0 / sqrt(n));
-    no value beyond NORMAL_TAIL."""
+    tail mass beyond 2 and 3, the correlation of the pair's squares (zero only if the radius
+    and angle are independent with the right laws; the plain correlation vanishes for any
+    radial law) and a Kolmogorov-Smirnov distance, each against N(0, 1) within 4 SE (KS: the
+    99.99% point of sqrt(n) D is 2.23 < 4)."""
     n = 2_000_000
     bits = jax.random.bits(jax.random.key(7), (2, n), jnp.uint32)
     a, b = (np.asarray(x, float) for x in rd.normal_pairs(bits[0], bits[1] & 0xFFFFFF))
@@ -488,12 +489,34 @@ def test_box_muller_normals_have_the_normal_law():
     for t in (2.0, 3.0):
         p = math.erfc(t / math.sqrt(2))
         assert abs(np.mean(np.abs(z) > t) - p) < 4 * math.sqrt(p * (1 - p) / m)
-    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / math.sqrt(n)
+    assert abs(np.corrcoef(a * a, b * b)[0, 1]) < 4 / math.sqrt(n)
     zs = np.sort(z[:200_000])
     cdf = 0.5 * (1 + np.vectorize(math.erf)(zs / math.sqrt(2)))
     k = np.arange(1, zs.size + 1) / zs.size
     assert np.abs(cdf - k).max() < 4 / math.sqrt(zs.size)
-    assert np.abs(z).max() <= rd.NORMAL_TAIL + 1e-5
+
+
+def test_drawn_noise_has_independent_normal_coordinates():
+    """The noise as :func:`draw_step_noise` lays it out (three words per sample shared by two
+    pairs): z1, z2, z3 and the Wilson-Hilferty normal behind r^2 each have mean 0, variance 1
+    and kurtosis 3, and all six correlations of their squares vanish (dependence through the
+    shared words would show there), within 4 SE; r^2 has the chi^2_D mean and variance."""
+    d, n_steps, B = 64, 400, 512
+    D = d - 3
+    keys = jax.random.split(jax.random.key(12), n_steps)
+    noise = jax.vmap(lambda k: rd.draw_step_noise(k, st.Hyper(0.05, B), d))(keys)
+    z = np.asarray(noise.z, float).transpose(1, 0, 2).reshape(3, -1)
+    r2 = np.asarray(noise.r2, float).ravel()
+    a = 2.0 / (9.0 * D)
+    xi = ((r2 / D) ** (1 / 3) - 1 + a) / math.sqrt(a)           # inverse Wilson-Hilferty
+    cols = np.vstack([z, xi])
+    m = cols.shape[1]
+    assert np.all(np.abs(cols.mean(1)) < 4 / math.sqrt(m))
+    assert np.all(np.abs(cols.var(1) - 1) < 4 * math.sqrt(2 / m))
+    assert np.all(np.abs(np.mean(cols ** 4, 1) - 3) < 4 * math.sqrt(96 / m))
+    sq = np.corrcoef(cols ** 2)
+    assert np.abs(sq[np.triu_indices(4, 1)]).max() < 4 / math.sqrt(m)
+    assert abs(r2.mean() - D) < 4 * math.sqrt(2 * D / m)
 
 
 def test_categorical_component_count_is_binomial():
@@ -501,11 +524,12 @@ def test_categorical_component_count_is_binomial():
     of 32: the last word is masked): mean N/2 and variance N/4 within 4 SE; stratified gives
     exactly B per component."""
     keys = jax.random.split(jax.random.key(8), 4000)
-    n0 = np.asarray(jax.vmap(lambda k: rd.draw_step_noise(
-        k, st.Hyper(0.05, 100, "categorical"), D_TEST).n0)(keys), float)
-    assert abs(n0.mean() - 50) < 4 * math.sqrt(25 / n0.size)
-    assert abs(n0.var() - 25) < 4 * _se_var(n0[:, None])[0]
-    assert n0.min() >= 0 and n0.max() <= 100
+    for n in (100, 20):                    # several words with a masked last one; one word
+        n0 = np.asarray(jax.vmap(lambda k: rd.draw_step_noise(
+            k, st.Hyper(0.05, n, "categorical"), D_TEST).n0)(keys), float)
+        assert abs(n0.mean() - n / 2) < 4 * math.sqrt(n / 4 / n0.size)
+        assert abs(n0.var() - n / 4) < 4 * _se_var(n0[:, None])[0]
+        assert n0.min() >= 0 and n0.max() <= n
     strat = rd.draw_step_noise(keys[0], st.Hyper(0.05, 100, "stratified"), D_TEST)
     assert int(strat.n0) == 100 and strat.r2.shape == (200,)
 
@@ -519,7 +543,8 @@ def test_runner_applies_reduced_step_with_the_same_keys(sampling):
     d, n_iter = D_TEST, 12
     target = make_target(d, R, W_STAR)
     hyper = st.Hyper(0.05, 64, sampling)
-    betas = jnp.linspace(0.2, 1.0, n_iter + 1)
+    # a non-monotone path, so that the variance range is not just (final, initial)
+    betas = jnp.array([0.2, 0.9, 0.1, 1.0, 0.05, 0.6, 0.3, 1.0, 0.15, 0.8, 0.4, 0.9, 1.0])
     key = jax.random.key(9)
     state0 = rd.init_reduced(jax.random.key(10), target, 5.0)
     final, lo, hi = jax.jit(rd.run_with_range, static_argnames="hyper")(key, state0, target,
@@ -534,3 +559,15 @@ def test_runner_applies_reduced_step_with_the_same_keys(sampling):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose([float(lo), float(hi)], [np.min(vars_), np.max(vars_)],
                                rtol=1e-4)
+    v = np.array(vars_)
+    assert v.min() < min(v[0].min(), v[-1].min()) or v.max() > max(v[0].max(), v[-1].max())
+    # the recording runner: same keys, same final state, trajectory of n_iter + 1 points
+    final_r, traj = jax.jit(rd._run, static_argnames=("hyper", "record"))(
+        key, state0, target, betas, hyper, True)
+    np.testing.assert_allclose(np.asarray(final_r.var), np.asarray(final.var), rtol=1e-5)
+    assert traj.var1.shape == (n_iter + 1,) and np.all(np.isfinite(np.asarray(traj.kl)))
+    assert float(traj.var1[0]) == float(state0.var[0])
+    # n_iter = 0: no step, the initial state and its range
+    f0, lo0, hi0 = rd.run_with_range(key, state0, target, betas[:1], hyper)
+    assert np.array_equal(np.asarray(f0.var), np.asarray(state0.var))
+    assert float(lo0) == float(state0.var.min()) and float(hi0) == float(state0.var.max())
