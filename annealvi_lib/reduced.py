@@ -139,6 +139,11 @@ _WH_MIN_DOF = 30
 LANES = 4
 
 
+def _half_log_odds(w_star):
+    """``kappa = ln(w*/(1-w*))/2``: the target's mixture term is ``tanh(R <x, mu*> + kappa)``."""
+    return 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
+
+
 class ReducedState(NamedTuple):
     """Summary statistics of the student (pytree).
 
@@ -271,7 +276,7 @@ def _fast_grads_soa(mu, var, zs, r2, beta, R, w_star, d):
     comp = [-0.5 * d * jnp.log(var[j]) - 0.5 * dsq[j] / var[j] for j in range(2)]
     rho0 = jax.nn.sigmoid(comp[0] - comp[1])
     rho = [rho0, 1.0 - rho0]
-    kappa = 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
+    kappa = _half_log_odds(w_star)
     proj = x[0]
     h = jnp.tanh(R * proj + kappa)
     A = beta - rho[0] / var[0] - rho[1] / var[1]
@@ -333,7 +338,7 @@ def _fast_grads_labels(mu, var, zs, r2, onehot, weight, beta, R, w_star, d):
     comp = [-0.5 * d * jnp.log(var[j]) - 0.5 * dsq[j] / var[j] for j in range(2)]
     rho0 = jax.nn.sigmoid(comp[0] - comp[1])
     rho = [rho0, 1.0 - rho0]
-    kappa = 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
+    kappa = _half_log_odds(w_star)
     proj = x[0]
     h = jnp.tanh(R * proj + kappa)
     A = beta - rho[0] / var[0] - rho[1] / var[1]      # (B,)
@@ -586,42 +591,40 @@ def _per_sample(mu, var, noise: StepNoise, R, w_star, d):
            + (sig[0] * pz + 0.5 * v0 * q) / v1)
     lo1 = (-0.5 * d * jnp.log(v1 / v0) + 0.5 * dd / v0 - 0.5 * q
            + (-sig[1] * pz + 0.5 * v1 * q) / v0)
-    rho_own = jax.nn.sigmoid(jnp.where(own0, lo0, lo1))
+    lo = jnp.where(own0, lo0, lo1)
+    rho_own = jax.nn.sigmoid(lo)
     rho = jnp.where(own0, rho_own, 1.0 - rho_own)      # responsibility of component 0
     proj = jnp.where(own0, mu[0, 0], mu[1, 0]) + jnp.where(own0, sig[0], sig[1]) * z0
-    return own0, rho, proj, zz, jnp.where(own0, lo0, lo1)
+    return own0, rho, proj, zz, lo
 
 
 def noise_sums(mu, var, noise: StepNoise, R, w_star, d):
-    """The 6 x 8 matrix of sample sums from which the step's gradients follow in closed form.
+    """The sample sums from which the step's gradients follow in closed form.
 
-    ``M[p, q] = sum_b P_p(b) Q_q(b)`` with rows ``P = (o, 1-o, o rho, (1-o) rho, o rho^2,
-    (1-o) rho^2)`` (``o``: the sample is from component 0; ``rho``: responsibility of component
-    0) and columns ``Q = (1, z_1, z_2, z_3, |z_span|^2, r^2, h, h z_1)``
-    (``h = tanh(R <x, mu*> + kappa)``; the last two columns only in the first two rows), see
-    :func:`grads_from_sums`. Computed as one matrix product ``(1, rho, rho^2, h) (o Q', (1-o) Q')^T``
-    over the samples, ``Q'`` the first six columns: each per-sample nonlinearity is one row of
+    ``M[k, p, q] = sum over the samples b of component k of L_p(b) Q_q(b)``, with
+    ``L = (1, rho, rho^2, h)`` (``rho``: responsibility of component 0;
+    ``h = tanh(R <x, mu*> + kappa)``) and ``Q = (1, z_1, z_2, z_3, |z_span|^2, r^2)``; see
+    :func:`grads_from_sums`. Computed as one matrix product ``L (o Q, (1-o) Q)^T`` over the
+    samples (``o``: the sample is from component 0): each per-sample nonlinearity is one row of
     the left factor, evaluated once per row instead of once per output.
+
+    Returns:
+      array of shape (2, 4, 6).
     """
     own0, rho, proj, zz, _ = _per_sample(mu, var, noise, R, w_star, d)
-    kappa = 0.5 * (jnp.log(w_star) - jnp.log1p(-w_star))
-    h = jnp.tanh(R * proj + kappa)
+    h = jnp.tanh(R * proj + _half_log_odds(w_star))
     o = own0.astype(noise.r2.dtype)
     ones = jnp.ones_like(zz)
     base = jnp.stack([ones, noise.z[0], noise.z[1], noise.z[2], zz, noise.r2])     # (6, N)
     left = jnp.stack([ones, rho, rho * rho, h])                                    # (4, N)
     right = jnp.concatenate([o * base, (1.0 - o) * base])                          # (12, N)
     T = jax.lax.dot_general(left, right, (((1,), (1,)), ((), ())))                 # (4, 12)
-    c0, c1 = T[:, :6], T[:, 6:]                # sums over component-0 / component-1 samples
-    h_cols = jnp.stack([jnp.stack([c0[3, 0], c0[3, 1]]), jnp.stack([c1[3, 0], c1[3, 1]])])
-    top = jnp.concatenate([jnp.stack([c0[0], c1[0]]), h_cols], axis=1)             # (2, 8)
-    rest = jnp.stack([c0[1], c1[1], c0[2], c1[2]])                                 # (4, 6)
-    return jnp.concatenate([top, jnp.pad(rest, ((0, 0), (0, 2)))])
+    return jnp.stack([T[:, :6], T[:, 6:]])
 
 
 def grads_from_sums(M, mu, var, beta, R, d, n: int):
     """In-span gradients, variance gradients and perpendicular Gram of one step from the sums of
-    :func:`noise_sums` (``n`` samples, per-sample weight ``1/n``).
+    :func:`noise_sums`, shape (2, 4, 6) (``n`` samples, per-sample weight ``1/n``).
 
     The per-sample algebra of :func:`_fast_grads_labels` summed term by term: with
     ``A = beta - rho/var_0 - (1-rho)/var_1 = a0 - a1 rho`` every sum over samples of a
@@ -641,11 +644,11 @@ def grads_from_sums(M, mu, var, beta, R, d, n: int):
     a0 = beta - 1.0 / v1
     a1 = 1.0 / v0 - 1.0 / v1
     e0 = jnp.array([1.0, 0.0, 0.0], M.dtype)
-    cnt, Z, zz, r2 = [M[k, 0] for k in range(2)], [M[k, 1:4] for k in range(2)], \
-        [M[k, 4] for k in range(2)], [M[k, 5] for k in range(2)]
-    cnt_r, Z_r, zz_r, r2_r = [M[2 + k, 0] for k in range(2)], [M[2 + k, 1:4] for k in range(2)], \
-        [M[2 + k, 4] for k in range(2)], [M[2 + k, 5] for k in range(2)]
-    r2_rr = [M[4 + k, 5] for k in range(2)]
+    # per component k: plain sums (row 0), rho-weighted (row 1), rho^2-weighted (row 2), h (row 3)
+    cnt, Z, zz, r2 = M[:, 0, 0], M[:, 0, 1:4], M[:, 0, 4], M[:, 0, 5]
+    cnt_r, Z_r, zz_r, r2_r = M[:, 1, 0], M[:, 1, 1:4], M[:, 1, 4], M[:, 1, 5]
+    r2_rr = M[:, 2, 5]
+    h_sum, hz_sum = M[:, 3, 0], M[:, 3, 1]
     g_mu, g_var = [], []
     for k in range(2):          # sums over the samples of component k
         mk, sk = mu[k], sig[k]
@@ -653,11 +656,11 @@ def grads_from_sums(M, mu, var, beta, R, d, n: int):
         SAz = a0 * Z[k] - a1 * Z_r[k]                       # sum A z
         # sum of grad_x l = A x + (rho/v0) mu0 + ((1-rho)/v1) mu1 - beta R h mu*
         g_mu.append(mk * SA + sk * SAz + mu[0] / v0 * cnt_r[k] + mu[1] / v1 * (cnt[k] - cnt_r[k])
-                    - beta * R * e0 * M[k, 6])
+                    - beta * R * e0 * h_sum[k])
         # sum of <grad_x l, z> and of A r^2
         gz = (a0 * jnp.dot(mk, Z[k]) - a1 * jnp.dot(mk, Z_r[k]) + sk * (a0 * zz[k] - a1 * zz_r[k])
               + jnp.dot(mu[0], Z_r[k]) / v0 + jnp.dot(mu[1], Z[k] - Z_r[k]) / v1
-              - beta * R * M[k, 7])
+              - beta * R * hz_sum[k])
         g_var.append(gz / (2.0 * sk) + 0.5 * (a0 * r2[k] - a1 * r2_r[k]))
     # explicit dependence on mu_j: (1/v_j) sum rho_j (x - mu_j)
     ex0 = (sig[0] * Z_r[0] - dmu * cnt_r[1] + sig[1] * Z_r[1]) / v0
