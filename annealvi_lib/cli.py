@@ -1,4 +1,4 @@
-"""Command line: ``python -m annealvi_lib {grid,merge,figures,theory,batch-scan} ...``.
+"""Command line: ``python -m annealvi_lib {grid,merge,figures,theory,batch-scan,realnvp-archive} ...``.
 
 Bad arguments exit with status 2 and a one-line message naming the option.
 """
@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--workers", type=int, default=1, help="local worker processes")
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    r = sub.add_parser("realnvp-archive", formatter_class=fmt,
+                       help="run and archive chapter 4's RealNVP grid or side studies",
+                       description="'grid': run the preset's RealNVP grid from scratch and write "
+                                   "realnvp_cells.csv, realnvp_runs.csv and provenance.json into "
+                                   "--out (the book reads data/realnvp_grid). 'studies': the "
+                                   "dimension trend and the normalisation / initialisation "
+                                   "comparisons (the book reads data/realnvp_studies; their "
+                                   "cells are chosen from the grid, archived or cached).")
+    r.add_argument("part", choices=["grid", "studies"], help="what to run")
+    r.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--workers", type=int, default=1, help="local worker processes")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
 
 
@@ -360,11 +374,35 @@ def _cmd_batch_scan(args) -> int:
     return 0
 
 
+def _cmd_realnvp_archive(args) -> int:
+    from ._validate import check_int_at_least
+    from .realnvp_study import write_grid_archive, write_studies_archive
+
+    check_int_at_least("--workers", args.workers, 1)
+    cfg = get_preset(args.preset).realnvp_grid
+    out = _check_out_dir("--out", args.out, writable=True)
+    if args.part == "grid":
+        print(f"[annealvi] RealNVP grid, preset {args.preset}: d = {cfg.d}, "
+              f"{len(cfg.beta_is)} x {len(cfg.t0s)} cells x {cfg.n_seeds} seeds", file=sys.stderr)
+    else:
+        print(f"[annealvi] RealNVP side studies, preset {args.preset}: trend d in "
+              f"{cfg.trend_dims} ({len(cfg.trend_cells)} cells x {cfg.trend_seeds} seeds), "
+              f"comparisons ({cfg.compare_seeds} runs per arm)", file=sys.stderr)
+    command = (f"python -m annealvi_lib realnvp-archive {args.part} --preset {args.preset} "
+               f"--out {args.out} --workers {args.workers}")
+    write = write_grid_archive if args.part == "grid" else write_studies_archive
+    folder = write(cfg, out, workers=args.workers, command=command,
+                   progress=False if args.no_progress else None)
+    print(f"[annealvi] wrote {folder}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures,
-               "theory": _cmd_theory, "batch-scan": _cmd_batch_scan}[args.command]
+               "theory": _cmd_theory, "batch-scan": _cmd_batch_scan,
+               "realnvp-archive": _cmd_realnvp_archive}[args.command]
     try:
         return handler(args)
     except ValueError as exc:          # a user error: bad option or input file

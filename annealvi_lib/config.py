@@ -103,6 +103,17 @@ def _cell(name, v):
     return (_log10(name, pair[0]), check_t0(name, pair[1]))
 
 
+def _beta_cell(name, v):
+    """A side-study cell ``(beta_i, t0)`` with beta_i in [MIN_GRID_BETA, 1] and t0 > 0."""
+    pair = check_sequence(name, v)
+    if len(pair) != 2:
+        raise ValueError(f"{name} entries must be pairs (beta_i, t0), got {v!r}")
+    b = check_finite(name, pair[0])
+    if not MIN_GRID_BETA <= b <= 1:
+        raise ValueError(f"{name}: beta_i must lie in [{MIN_GRID_BETA:g}, 1], got {pair[0]!r}")
+    return (b, check_t0(name, pair[1]))
+
+
 _SEED = _int_range(0, MAX_SEED)
 _N_SEEDS = _int_range(1, MAX_SEEDS)
 _STEPS = _int_range(1, MAX_STEPS)
@@ -278,8 +289,19 @@ class RealNVPGridConfig:
     seed: int = 0
     norm: str = "beta"             # conditioner input normalisation (realnvp.NORMS)
     out_init_scale: float = 0.1    # last-layer init scale: flow starts near the identity
+    init: str = "small_output"     # weight initialisation (realnvp.INITS)
     n_eval: int = 4096             # fresh flow samples for the final metrics
-    seed_chunk: int = 32           # replicates per vmapped batch (0: all at once); bounds memory
+    # runs per compiled training call (0: all n_seeds at once); fixed by the configuration, so
+    # any subset of a cell's replicates reproduces its rows bit for bit; bounds memory
+    seed_chunk: int = 50
+    # dimension trend (chapter 4): the same flow at each d of trend_dims on the cells
+    # (beta_i, t0) of trend_cells, trend_seeds runs each
+    trend_dims: tuple = (8, 16, 32, 64, 128)
+    trend_cells: tuple = ((1.0, 1000.0), (0.0351364184463, 500.0), (0.0351364184463, 2000.0),
+                          (0.351364184463, 1000.0))
+    trend_seeds: int = 200
+    # runs per arm of the normalisation and initialisation comparisons
+    compare_seeds: int = 200
 
     def __post_init__(self):
         _normalise(self, d=_int_at_least(2), R=check_positive, w_star=check_open_unit,
@@ -289,7 +311,10 @@ class RealNVPGridConfig:
                    t0s=_seq(check_t0), n_seeds=_N_SEEDS, n_iter_extra=_EXTRA, seed=_SEED,
                    norm=lambda n, v: check_choice(n, v, ("beta", "batch", "none")),
                    out_init_scale=_nonnegative, n_eval=_int_at_least(2),
-                   seed_chunk=_int_at_least(0))
+                   seed_chunk=_int_at_least(0),
+                   init=lambda n, v: check_choice(n, v, ("small_output", "torch")),
+                   trend_dims=_seq(_int_at_least(2)), trend_cells=_seq(_beta_cell),
+                   trend_seeds=_N_SEEDS, compare_seeds=_N_SEEDS)
         if not self.beta_is:
             raise ValueError("log10_beta_9 must give at least one beta_i <= 1 (or set "
                              "include_beta_one=True)")
@@ -366,10 +391,15 @@ def _book() -> Preset:
                                validation_cells=((-3.0, 100.0), (-1.0, 200.0), (0.0, 100.0)),
                                validation_seeds=48, sensitivity_batches=(64, 256, 1024),
                                sensitivity_seeds=100, guidance_seeds=200),
+        # the paper's beta_i rows and 8 coupling layers (what the hottest row needs, with
+        # margin: realnvp.capacity_table), a narrower conditioner (2 x 32), batch 128, d = 32,
+        # five t0, 48 seeds: about half an hour on 2 cores, so the book reads it from the
+        # archive data/realnvp_grid (python -m annealvi_lib realnvp-archive grid)
         realnvp_grid=RealNVPGridConfig(
-            d=8, width=32, depth=2, n_layers=4, batch=128,
-            log10_beta_9=(-1.0, -0.5, 0.0, 0.5), t0s=(200.0, 500.0, 1000.0),
-            n_seeds=32, n_iter_extra=200, n_eval=2048),
+            d=32, width=32, depth=2, n_layers=8, batch=128,
+            t0s=(200.0, 500.0, 1000.0, 1500.0, 2000.0),
+            n_seeds=48, n_iter_extra=200, n_eval=2048, seed_chunk=25,
+            trend_dims=(8, 16, 32, 64), trend_seeds=48, compare_seeds=150),
     )
 
 
@@ -393,8 +423,11 @@ def _quick() -> Preset:
                                vanilla_steps=120, stochastic_samples=256, bscan_log10=-2.0,
                                bscan_t0s=(50.0,), bscan_batches=(32, 128), bscan_seeds=16),
         realnvp_grid=RealNVPGridConfig(
-            d=4, width=16, depth=1, n_layers=2, batch=64, log10_beta_9=(-1.0,),
-            t0s=(20.0,), n_seeds=2, n_iter_extra=10),
+            d=4, width=16, depth=1, n_layers=8, batch=64, log10_beta_9=(-1.0, 0.5),
+            t0s=(20.0, 40.0), n_seeds=2, n_iter_extra=10, seed_chunk=2,
+            trend_dims=(4, 6), trend_cells=((1.0, 20.0), (0.0111111111111, 20.0),
+                                            (0.0111111111111, 40.0), (0.351364184463, 20.0)),
+            trend_seeds=2, compare_seeds=2),
     )
 
 

@@ -155,7 +155,8 @@ def config_hash(study: str, cfg, **extra) -> str:
               "validation_cells", "validation_seeds", "sensitivity_cells", "sensitivity_batches",
               "sensitivity_extras", "sensitivity_seeds", "ode_samples", "guidance_p",
               "guidance_seeds", "vanilla_dims", "vanilla_seeds", "vanilla_steps",
-              "stochastic_samples", "bscan_log10", "bscan_t0s", "bscan_batches", "bscan_seeds"):
+              "stochastic_samples", "bscan_log10", "bscan_t0s", "bscan_batches", "bscan_seeds",
+              "trend_dims", "trend_cells", "trend_seeds", "compare_seeds"):
         d.pop(k, None)
     payload = json.dumps({"study": study, "cfg": d, "extra": extra, "version": __version__,
                           "source": _source_hash(study)}, sort_keys=True, default=str)

@@ -53,7 +53,15 @@ from .targets import Target, log_partition, log_prob, make_target
 
 __all__ = [
     "NORMS",
+    "INITS",
+    "MAX_LAYER_LOG_SCALE",
+    "CAPACITY_MARGIN",
     "FlowSpec",
+    "FlowCapacity",
+    "flow_capacity",
+    "tempered_log_scale",
+    "capacity_table",
+    "flow_macs",
     "MLP",
     "Coupling",
     "RealNVP",
@@ -71,9 +79,17 @@ __all__ = [
     "grid_target",
     "REALNVP_RUN_FIELDS",
     "run_realnvp_cell",
+    "cell_block_width",
 ]
 
 NORMS = ("beta", "batch", "none")
+#: weight initialisations (FlowSpec.init): "small_output" starts the flow near the identity (the
+#: last layer of each conditioner MLP has weights of std out_init_scale/sqrt(fan_in), every bias
+#: 0, Flax's LeCun-normal hidden layers); "torch" is PyTorch's nn.Linear default that the
+#: official code inherits (weights and biases uniform in +-1/sqrt(fan_in), every layer)
+INITS = ("small_output", "torch")
+#: largest |log-scale| of one coupling layer (the tanh bound)
+MAX_LAYER_LOG_SCALE = 1.0
 _LOG_2PI = math.log(2.0 * math.pi)
 _BN_EPS = 1e-5
 
@@ -90,6 +106,8 @@ class FlowSpec:
       norm: conditioner input normalisation, one of :data:`NORMS`.
       out_init_scale: std multiplier of the last MLP layer's initial weights (>= 0); small
         values start the flow near the identity, i.e. q near N(0, I) ("standard init").
+        Used by ``init="small_output"`` only.
+      init: weight initialisation, one of :data:`INITS`.
     """
 
     d: int = 128
@@ -98,6 +116,7 @@ class FlowSpec:
     depth: int = 3
     norm: str = "beta"
     out_init_scale: float = 0.1
+    init: str = "small_output"
 
     def __post_init__(self):
         object.__setattr__(self, "d", check_int_at_least("d", self.d, 2))
@@ -108,13 +127,87 @@ class FlowSpec:
         if not (math.isfinite(float(self.out_init_scale)) and self.out_init_scale >= 0):
             raise ValueError(f"out_init_scale must be a finite number >= 0, got {self.out_init_scale!r}")
         object.__setattr__(self, "out_init_scale", float(self.out_init_scale))
+        check_choice("init", self.init, INITS)
 
 
 def spec_from_config(cfg) -> FlowSpec:
     """The :class:`FlowSpec` of a :class:`~annealvi_lib.config.RealNVPGridConfig`."""
     return FlowSpec(d=cfg.d, n_layers=cfg.n_layers, width=cfg.width, depth=cfg.depth,
                     norm=getattr(cfg, "norm", "beta"),
-                    out_init_scale=getattr(cfg, "out_init_scale", 0.1))
+                    out_init_scale=getattr(cfg, "out_init_scale", 0.1),
+                    init=getattr(cfg, "init", "small_output"))
+
+
+# ------------------------------------------------------------------------ what a flow can do
+
+class FlowCapacity(NamedTuple):
+    """Bounds on what a flow of a given architecture can represent.
+
+    Attributes:
+      moves: number of coupling layers that rescale each coordinate, shape (d,).
+      max_log_scale: the largest |log-scale| every coordinate can reach,
+        ``min_j moves_j * MAX_LAYER_LOG_SCALE`` (nats).
+      max_log_det: the largest |log det| of the whole flow, ``sum_l |B_l| * MAX_LAYER_LOG_SCALE``.
+    """
+
+    moves: np.ndarray
+    max_log_scale: float
+    max_log_det: float
+
+
+def flow_capacity(spec: FlowSpec) -> FlowCapacity:
+    """What the tanh-bounded couplings of ``spec`` can rescale (see :class:`FlowCapacity`).
+
+    Layer ``l`` moves the coordinates of parity ``1 - l % 2`` with a log-scale in
+    ``(-MAX_LAYER_LOG_SCALE, MAX_LAYER_LOG_SCALE)``, so coordinate ``j`` is rescaled by at most
+    ``exp(moves_j)`` overall, whatever the shifts do.
+    """
+    idx = np.arange(spec.d)
+    moves = np.array([sum(1 for l in range(spec.n_layers) if j % 2 != l % 2) for j in idx])
+    return FlowCapacity(moves=moves, max_log_scale=float(moves.min() * MAX_LAYER_LOG_SCALE),
+                        max_log_det=float(moves.sum() * MAX_LAYER_LOG_SCALE))
+
+
+def tempered_log_scale(beta) -> np.ndarray:
+    """The per-coordinate log-scale that the tempered target needs from a flow with base
+    ``N(0, I)``: orthogonally to mu*, ``pi^beta`` is exactly ``N(0, I / beta)``, a scale
+    ``beta^(-1/2)`` per coordinate, i.e. ``(1/2) ln(1/beta)`` nats (the log-det need is ``d``
+    times this)."""
+    return 0.5 * np.log(1.0 / np.asarray(beta, float))
+
+
+#: headroom (nats) the capacity check asks for above the need: the tanh saturates, so a
+#: log-scale close to its bound needs large pre-activations
+CAPACITY_MARGIN = 1.0
+
+
+def capacity_table(spec: FlowSpec, betas, margin: float = CAPACITY_MARGIN) -> list[dict]:
+    """One row per ``beta``: what the tempered target needs and what ``spec`` can represent.
+
+    Returns dicts with ``beta_i``, ``need_log_scale`` (per coordinate), ``max_log_scale``,
+    ``need_log_det``, ``max_log_det``, ``margin`` (``max_log_scale - need_log_scale``) and
+    ``ok`` (margin >= ``margin``)."""
+    cap = flow_capacity(spec)
+    rows = []
+    for b in betas:
+        need = float(tempered_log_scale(b))
+        rows.append({"beta_i": float(b), "need_log_scale": need,
+                     "max_log_scale": cap.max_log_scale, "need_log_det": spec.d * need,
+                     "max_log_det": cap.max_log_det, "margin": cap.max_log_scale - need,
+                     "ok": bool(cap.max_log_scale - need >= margin)})
+    return rows
+
+
+def flow_macs(spec: FlowSpec) -> int:
+    """Multiply-accumulates per sample of one forward pass: every dense layer of the two
+    conditioner MLPs of every coupling layer (``fan_in * fan_out`` each). A training step costs
+    about three forward passes per sample (forward, and the backward pass's two products)."""
+    total = 0
+    for l in range(spec.n_layers):
+        n_keep = sum(1 for j in range(spec.d) if j % 2 == l % 2)
+        dims = [n_keep] + [spec.width] * spec.depth + [spec.d - n_keep]
+        total += 2 * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return total
 
 
 # ----------------------------------------------------------------------------------- modules
@@ -123,8 +216,21 @@ class MLP(nnx.Module):
     """``depth`` hidden ReLU layers of ``width`` units, then a linear output layer."""
 
     def __init__(self, d_in: int, d_out: int, width: int, depth: int, out_init_scale: float,
-                 *, rngs: nnx.Rngs):
+                 *, rngs: nnx.Rngs, init: str = "small_output"):
         dims = [d_in] + [width] * depth
+        if init == "torch":
+            # torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) for the weights, i.e.
+            # U(+-1/sqrt(fan_in)), and U(+-1/sqrt(fan_in)) for the biases
+            def lin(a, b):
+                bound = 1.0 / math.sqrt(a)
+                return nnx.Linear(a, b, rngs=rngs,
+                                  kernel_init=nnx.initializers.variance_scaling(
+                                      1.0 / 3.0, "fan_in", "uniform"),
+                                  bias_init=lambda k, shape, dtype=jnp.float32: jax.random.uniform(
+                                      k, shape, dtype, -bound, bound))
+            self.hidden = nnx.List([lin(a, b) for a, b in zip(dims[:-1], dims[1:])])
+            self.out = lin(width, d_out)
+            return
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
         out_init = nnx.initializers.variance_scaling(out_init_scale**2, "fan_in", "normal")
         self.out = nnx.Linear(width, d_out, kernel_init=out_init, rngs=rngs)
@@ -151,14 +257,16 @@ class Coupling(nnx.Module):
     """One affine coupling layer; keeps coordinates of parity ``parity``, transforms the rest."""
 
     def __init__(self, d: int, parity: int, width: int, depth: int, norm: str,
-                 out_init_scale: float, *, rngs: nnx.Rngs):
+                 out_init_scale: float, *, rngs: nnx.Rngs, init: str = "small_output"):
         idx = np.arange(d)
         # tuples (hashable, static in the graphdef), not arrays
         self.keep = tuple(int(i) for i in idx[idx % 2 == parity])
         self.move = tuple(int(i) for i in idx[idx % 2 != parity])
         self.norm = norm
-        self.scale_net = MLP(len(self.keep), len(self.move), width, depth, out_init_scale, rngs=rngs)
-        self.shift_net = MLP(len(self.keep), len(self.move), width, depth, out_init_scale, rngs=rngs)
+        self.scale_net = MLP(len(self.keep), len(self.move), width, depth, out_init_scale,
+                             rngs=rngs, init=init)
+        self.shift_net = MLP(len(self.keep), len(self.move), width, depth, out_init_scale,
+                             rngs=rngs, init=init)
 
     def _st(self, xa, beta):
         h = _normalise(xa, beta, self.norm)
@@ -185,7 +293,7 @@ class RealNVP(nnx.Module):
     def __init__(self, spec: FlowSpec, *, rngs: nnx.Rngs):
         self.layers = nnx.List([
             Coupling(spec.d, l % 2, spec.width, spec.depth, spec.norm, spec.out_init_scale,
-                     rngs=rngs)
+                     rngs=rngs, init=spec.init)
             for l in range(spec.n_layers)])
 
     def __call__(self, z, beta=1.0):
@@ -486,10 +594,9 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
 
     Run ``r``'s key is ``seeding.run_keys(master_seed, ("realnvp", beta_i, t0), [r])``, so a
     run does not depend on which other replicates are in the call. The replicates are processed
-    in chunks of one fixed width (the last one padded), so every run goes through the same
-    compiled program. The schedule is
-    exponential, ``n_iter = t0 + cfg.n_iter_extra``; replicates are processed in chunks of
-    ``cfg.seed_chunk`` (0: all at once) to bound memory.
+    in blocks of :func:`cell_block_width` runs (the last one padded), so every run goes through
+    the same compiled program. The schedule is exponential, ``n_iter = t0 + cfg.n_iter_extra``.
+    Blocks are spread over ``jax.local_devices()``.
 
     Args:
       cfg: a :class:`~annealvi_lib.config.RealNVPGridConfig`.
@@ -517,17 +624,32 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
     schedule = Schedule("exp", beta_i, t0)
     n_iter = int(t0) + int(cfg.n_iter_extra)
     keys = run_keys(int(master_seed), ("realnvp", float(beta_i), float(t0)), reps)
-    # every chunk has the same width, balanced over the replicates (the last one padded by
-    # repeating its last run, then dropped): every run goes through one compiled program
-    from .seeding import lanes, padded_blocks
+    # every block has the same width, a function of the configuration only (the last block is
+    # padded by repeating its last run, then dropped): every run of the configuration goes
+    # through one compiled program, whatever replicates are asked for -- so a subset of a
+    # cell's replicates reproduces the full cell's rows bit for bit, by construction
+    from .seeding import padded_blocks
 
-    chunk = lanes(reps.size, int(getattr(cfg, "seed_chunk", 0)) or reps.size)
-    projs, lws = [], []
-    for idx, keep in padded_blocks(reps.size, chunk):
-        _, _, fin = train_seeds(keys[idx], spec, schedule, n_iter, target=target,
+    width = cell_block_width(cfg)
+    # blocks go round-robin to the local devices (all GPUs of a machine) and are all dispatched
+    # before any result is read back, so the devices work concurrently
+    devices = jax.local_devices()
+    pending = []
+    for b, (idx, keep) in enumerate(padded_blocks(reps.size, width)):
+        block_keys = jax.device_put(keys[idx], devices[b % len(devices)])
+        _, _, fin = train_seeds(block_keys, spec, schedule, n_iter, target=target,
                                 batch=cfg.batch, lr=cfg.lr, record_every=n_iter,
                                 n_eval=int(getattr(cfg, "n_eval", 4096)))
-        projs.append(np.asarray(fin.proj)[:keep])
-        lws.append(np.asarray(fin.log_w)[:keep])
+        pending.append((fin, keep))
+    projs = [np.asarray(fin.proj)[:keep] for fin, keep in pending]
+    lws = [np.asarray(fin.log_w)[:keep] for fin, keep in pending]
     limits = divergence_limits(cfg.d, cfg.R, cfg.w_star, float(schedule(n_iter)))
     return run_summary(np.concatenate(projs), np.concatenate(lws), **limits)
+
+
+def cell_block_width(cfg) -> int:
+    """Runs per compiled training call of a grid configuration: ``cfg.seed_chunk`` (0: all
+    ``cfg.n_seeds`` at once). Depends on the configuration only, never on which replicates a
+    call asks for."""
+    chunk = int(getattr(cfg, "seed_chunk", 0))
+    return chunk if chunk > 0 else int(cfg.n_seeds)

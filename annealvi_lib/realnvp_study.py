@@ -537,3 +537,172 @@ def benchmark_rows() -> tuple[list[dict], str] | None:
 
     loaded = load_benchmark("bench_realnvp")
     return None if loaded is None else (loaded[0]["rows"], loaded[1])
+
+
+# --------------------------------------------------------------------------------------------
+# archives: the grid and the side studies (too long for a CPU book build)
+# --------------------------------------------------------------------------------------------
+
+#: Archive folders under ``data/`` (``python -m annealvi_lib realnvp-archive grid|studies``).
+GRID_ARCHIVE = "realnvp_grid"
+STUDIES_ARCHIVE = "realnvp_studies"
+#: fields of RealNVPGridConfig that only the side studies read
+_SIDE_FIELDS = ("trend_dims", "trend_cells", "trend_seeds", "compare_seeds")
+
+
+def grid_archive_config(cfg: RealNVPGridConfig) -> dict:
+    """What the grid's numbers depend on: the configuration minus the side-study settings
+    (compared with an archive's provenance)."""
+    d = dataclasses.asdict(cfg)
+    for k in _SIDE_FIELDS:
+        d.pop(k)
+    return json_roundtrip({"realnvp_grid": d, "beta_is": list(cfg.beta_is)})
+
+
+def json_roundtrip(obj):
+    """``obj`` as it comes back from JSON (tuples -> lists), for comparing with an archive."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+#: per-run columns of the archives (beside the cell and replicate)
+_RUN_COLUMNS = ("collapsed", "failed", "proj_std", "proj_mean", "mass_plus", "ess", "kl")
+
+
+def _run_rows(res, **label) -> list[dict]:
+    return [{**label, "beta_i": r["beta_i"], "t0": r["t0"], "replicate": r["replicate"],
+             **{k: r[k] for k in _RUN_COLUMNS}} for r in res.runs]
+
+
+def _cell_rows(res, **label) -> list[dict]:
+    return [{**label, **{k: r[k] for k in ("beta_i", "t0", "n_runs", "n_collapsed", "n_failed",
+                                           "p_collapse", "ci_low", "ci_high")}}
+            for r in res.summary]
+
+
+def write_grid_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, command: str = "",
+                       progress: bool | None = None):
+    """Run the grid of ``cfg`` from scratch (an empty temporary cache, so every run is computed
+    by this code and the runtime is the computation's) and archive it in ``folder``:
+    ``realnvp_cells.csv`` (one row per cell), ``realnvp_runs.csv`` (one row per run) and
+    ``provenance.json``."""
+    import tempfile
+
+    from .archive import write_archive
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="annealvi_realnvp_") as fresh:
+        res = run_grid("realnvp", cfg, workers=workers, progress=progress, cache=fresh)
+    return write_archive(folder, {"realnvp_cells.csv": _cell_rows(res),
+                                  "realnvp_runs.csv": _run_rows(res)},
+                         grid_archive_config(cfg), time.perf_counter() - t, command)
+
+
+def _numeric_rows(rows: list[dict], keep_str=()) -> list[dict]:
+    """CSV rows with every value but ``keep_str`` as a float (ints stay exact in float64)."""
+    return [{k: (v if k in keep_str else float(v)) for k, v in r.items()} for r in rows]
+
+
+def load_grid_archive(cfg: RealNVPGridConfig):
+    """``(cell rows, run rows, provenance)`` of ``data/GRID_ARCHIVE`` when its configuration is
+    ``cfg``'s, else ``None``; values as floats."""
+    from .archive import data_dir, read_archive
+
+    got = read_archive(data_dir(GRID_ARCHIVE))
+    if got is None or got[1]["config"] != grid_archive_config(cfg):
+        return None
+    tables, prov = got
+    return (_numeric_rows(tables["realnvp_cells.csv"]), _numeric_rows(tables["realnvp_runs.csv"]),
+            prov)
+
+
+def studies_config(cfg: RealNVPGridConfig, cells: list[tuple[float, float]]) -> dict:
+    """What the side studies' numbers depend on: the grid configuration, the trend settings and
+    the comparison cells."""
+    return json_roundtrip({"realnvp_grid": dataclasses.asdict(cfg), "compare_cells": cells,
+                           "arms": [list(a) for a in COMPARE_ARMS]})
+
+
+#: arms of the comparisons: (name, field of RealNVPGridConfig, value); the first is the base
+COMPARE_ARMS = (("base", "norm", "beta"), ("batch norm", "norm", "batch"),
+                ("torch init", "init", "torch"))
+
+
+def compare_cells(cells: list[dict]) -> list[tuple[float, float]]:
+    """The two cells of the powered comparisons, chosen from the grid's cell rows by a fixed
+    rule: no annealing at the shortest t0, and the annealed cell whose collapse probability is
+    closest to 1/2 (where a change of the probability is easiest to detect; ties: the longer
+    t0, then the hotter start)."""
+    t_min = min(r["t0"] for r in cells)
+    ann = [r for r in cells if r["beta_i"] < 1]
+    best = min(ann, key=lambda r: (abs(r["p_collapse"] - 0.5), -r["t0"], r["beta_i"]))
+    return [(1.0, float(t_min)), (float(best["beta_i"]), float(best["t0"]))]
+
+
+def run_studies(cfg: RealNVPGridConfig, cells: list[tuple[float, float]], workers: int = 1,
+                progress: bool | None = None, cache=None) -> dict[str, list[dict]]:
+    """The side studies: the dimension trend (``cfg.trend_cells`` at every ``cfg.trend_dims``,
+    ``cfg.trend_seeds`` runs each) and the comparisons (every arm of :data:`COMPARE_ARMS` on
+    ``cells``, ``cfg.compare_seeds`` runs each). Runs of a cell use the keys of the grid's cell
+    (replicates 0, 1, ...), so the arms of a comparison are paired.
+
+    Returns the tables ``trend_cells.csv``, ``trend_runs.csv``, ``compare_cells.csv``,
+    ``compare_runs.csv`` (rows labelled by ``d`` or ``arm``).
+    """
+    out = {"trend_cells.csv": [], "trend_runs.csv": [], "compare_cells.csv": [],
+           "compare_runs.csv": []}
+    for d in cfg.trend_dims:
+        c = dataclasses.replace(cfg, d=int(d), n_seeds=cfg.trend_seeds)
+        res = run_grid("realnvp", c, cells=list(cfg.trend_cells), workers=workers,
+                       progress=progress, cache=cache)
+        out["trend_cells.csv"] += _cell_rows(res, d=int(d))
+        out["trend_runs.csv"] += _run_rows(res, d=int(d))
+    for arm, field, value in COMPARE_ARMS:
+        c = dataclasses.replace(cfg, n_seeds=cfg.compare_seeds, **{field: value})
+        res = run_grid("realnvp", c, cells=cells, workers=workers, progress=progress,
+                       cache=cache)
+        out["compare_cells.csv"] += _cell_rows(res, arm=arm)
+        out["compare_runs.csv"] += _run_rows(res, arm=arm)
+    return out
+
+
+def write_studies_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, command: str = "",
+                          progress: bool | None = None):
+    """Run the side studies from scratch and archive them in ``folder``. The comparison cells
+    come from the grid (:func:`compare_cells` of the grid archive when it matches ``cfg``,
+    else of the grid computed into the results cache)."""
+    import tempfile
+
+    from .archive import write_archive
+
+    cells = compare_cells(flow_grid_rows(cfg, workers=workers)[0])
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="annealvi_realnvp_side_") as fresh:
+        tables = run_studies(cfg, cells, workers=workers, progress=progress, cache=fresh)
+    return write_archive(folder, tables, studies_config(cfg, cells), time.perf_counter() - t,
+                         command)
+
+
+def flow_grid_rows(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None):
+    """``(cell rows, run rows, provenance or None)`` of the grid of ``cfg``: from the archive
+    ``data/GRID_ARCHIVE`` when it holds this configuration, else computed (cached)."""
+    got = load_grid_archive(cfg)
+    if got is not None:
+        return got
+    res = run_grid("realnvp", cfg, workers=workers, progress=progress)
+    return (_numeric_rows(_cell_rows(res)), _numeric_rows(_run_rows(res)), None)
+
+
+def load_studies(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None):
+    """``(tables, provenance or None)`` of the side studies: from ``data/STUDIES_ARCHIVE`` when
+    it holds this configuration, else computed (cached)."""
+    from .archive import data_dir, read_archive
+
+    cells = compare_cells(flow_grid_rows(cfg, workers=workers)[0])
+    got = read_archive(data_dir(STUDIES_ARCHIVE))
+    if got is not None and got[1]["config"] == studies_config(cfg, cells):
+        tables, prov = got
+        return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, prov)
+    tables = run_studies(cfg, cells, workers=workers, progress=progress)
+    return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, None)
