@@ -22,7 +22,7 @@ from pathlib import Path
 from . import __version__
 from .paths import repo_root
 
-__all__ = ["data_dir", "config_digest", "write_archive", "read_archive"]
+__all__ = ["data_dir", "config_digest", "current_commit", "write_archive", "read_archive"]
 
 
 def data_dir(name: str) -> Path:
@@ -34,6 +34,13 @@ def config_digest(config: dict) -> str:
     """Short SHA-256 of a JSON-serialisable configuration (keys sorted)."""
     payload = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def current_commit() -> str:
+    """The git commit of the checkout, with ``+uncommitted library changes`` when files under
+    ``annealvi_lib/`` differ from it (take it *before* a computation starts: the code that ran
+    is the code of that moment)."""
+    return _commit()
 
 
 def _commit() -> str:
@@ -63,13 +70,13 @@ def _machine() -> str:
 
 
 def write_archive(folder: str | os.PathLike, tables: dict[str, list[dict]], config: dict,
-                  runtime_s: float, command: str) -> Path:
+                  runtime_s: float, command: str, commit: str | None = None) -> Path:
     """Write ``tables`` (file name -> rows with identical keys) as CSV files and
-    ``provenance.json`` into ``folder`` (created); returns the folder."""
+    ``provenance.json`` into ``folder`` (created); returns the folder. ``commit``: the
+    :func:`current_commit` taken when the computation started (default: now, before anything is
+    written -- the archive's own files would mark the tree as changed)."""
     folder = Path(folder)
-    # the commit before this call writes anything: the archive's own files would mark the tree
-    # as changed
-    commit = _commit()
+    commit = _commit() if commit is None else commit
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
         if not rows:

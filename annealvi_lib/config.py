@@ -425,7 +425,7 @@ def _quick() -> Preset:
         realnvp_grid=RealNVPGridConfig(
             d=4, width=16, depth=1, n_layers=8, batch=64, log10_beta_9=(-1.0, 0.5),
             t0s=(20.0, 40.0), n_seeds=2, n_iter_extra=10, seed_chunk=2,
-            trend_dims=(4, 6), trend_cells=((1.0, 20.0), (0.0111111111111, 20.0),
+            trend_dims=(4,), trend_cells=((1.0, 20.0), (0.0111111111111, 20.0),
                                             (0.0111111111111, 40.0), (0.351364184463, 20.0)),
             trend_seeds=2, compare_seeds=2),
     )

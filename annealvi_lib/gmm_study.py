@@ -627,13 +627,14 @@ def write_batch_scan(G: GMMGridConfig, folder, workers: int = 1, command: str = 
     per-run CSVs, provenance) in ``folder``."""
     import tempfile
 
-    from .archive import write_archive
+    from .archive import current_commit, write_archive
 
+    commit = current_commit()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="annealvi_bscan_") as fresh:
         points, runs = run_batch_scan(G, workers=workers, progress=progress, cache=fresh)
     return write_archive(folder, {"bscan_points.csv": points, "bscan_runs.csv": runs},
-                         batch_scan_config(G), time.perf_counter() - t, command)
+                         batch_scan_config(G), time.perf_counter() - t, command, commit)
 
 
 def load_batch_scan(G: GMMGridConfig, workers: int = 1):

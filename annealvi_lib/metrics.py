@@ -27,6 +27,7 @@ __all__ = [
     "ess_fraction",
     "run_summary",
     "wilson_interval",
+    "difference_interval",
     "collapse_rate",
 ]
 
@@ -180,6 +181,35 @@ def wilson_interval(k, n, z: float = 1.96):
     lo = np.where(empty, 0.0, np.clip(centre - half, 0.0, 1.0))
     hi = np.where(empty, 1.0, np.clip(centre + half, 0.0, 1.0))
     return lo, hi
+
+
+def difference_interval(k1, n1, k2, n2, z: float = 1.96):
+    """Newcombe's hybrid score interval for the difference of two proportions
+    ``p1 - p2 = k1/n1 - k2/n2`` (Newcombe 1998, method 10), built from the two Wilson intervals:
+    ``L = D - sqrt((p1 - l1)^2 + (u2 - p2)^2)``, ``U = D + sqrt((u1 - p1)^2 + (p2 - l2)^2)``.
+
+    It treats the two samples as independent; for paired arms (same keys) whose outcomes are
+    positively correlated it is conservative. Coverage is close to nominal down to n ~ 10 and
+    at p = 0 or 1, where the plain Wald interval fails.
+
+    Args:
+      k1, n1, k2, n2: successes and trials of the two samples (0 <= k <= n, n >= 1).
+      z: normal quantile; 1.96 for 95 %.
+    Returns:
+      ``(d, lo, hi)``: the difference and its interval (floats or arrays).
+    """
+    n1 = np.asarray(n1, float)
+    n2 = np.asarray(n2, float)
+    if np.any(n1 < 1) or np.any(n2 < 1):
+        raise ValueError(f"n1 and n2 must be >= 1, got {n1!r}, {n2!r}")
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    p1 = np.asarray(k1, float) / n1
+    p2 = np.asarray(k2, float) / n2
+    d = p1 - p2
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, lo, hi
 
 
 def collapse_rate(collapsed, failed, z: float = 1.96) -> dict[str, np.ndarray]:

@@ -1,11 +1,15 @@
 """Chapter 4's computations: the demo training run, the RealNVP collapse grid, the same grid
-with the GMM student, the normalisation comparison and the verdicts -- and the chapter's
-registered figures.
+with the GMM student, the dimension trend, the normalisation and initialisation comparisons,
+the collapse criteria and the verdicts on the paper's claims -- and the chapter's registered
+figures.
 
-Every function takes the preset's :class:`~annealvi_lib.config.RealNVPGridConfig`. Monte-Carlo
-results come from the cached grid runner (:func:`annealvi_lib.grid.run_grid`, one file per
+Every function takes the preset's :class:`~annealvi_lib.config.RealNVPGridConfig`. The grid and
+the side studies of the ``book`` preset take about an hour on 2 cores, so they are archived
+under ``data/`` (:data:`GRID_ARCHIVE`, :data:`STUDIES_ARCHIVE`; ``python -m annealvi_lib
+realnvp-archive grid|studies``) with their provenance; a configuration that does not match an
+archive is computed by the cached grid runner (:func:`annealvi_lib.grid.run_grid`, one file per
 cell), so the notebook and ``python -m annealvi_lib figures ch4_*`` share them. The demo run is
-recomputed each time (about 10 s at the ``book`` preset, two jit compilations included).
+recomputed each time.
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ from .metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_in
 from .schedules import Schedule, annealing_rate
 
 __all__ = ["DEMO_ARMS", "DemoSetting", "demo_setting", "demo_runs", "demo_summary", "FlowGrid",
-           "flow_grid", "gmm_comparison_config", "gmm_comparison", "Highlights", "highlights",
-           "verdicts", "NORM_CHOICES", "norm_cells", "norm_comparison",
-           "norms_overlap", "norm_verdict", "plot_demo_run", "plot_flow_heatmap", "plot_rate",
-           "rate_verdict",
-           "plot_flow_vs_gmm", "gmm_comparison_cells"]
+           "flow_grid", "gmm_comparison_config",
+           "plot_demo_run", "plot_flow_heatmap", "plot_rate", "plot_flow_vs_gmm", "plot_trend",
+           "gmm_comparison_cells", "gmm_trend", "trend_rows", "compare_rows", "compare_verdict",
+           "GRID_ARCHIVE", "STUDIES_ARCHIVE", "grid_archive_config", "write_grid_archive",
+           "load_grid_archive", "flow_grid_rows", "studies_config", "COMPARE_ARMS",
+           "compare_cells", "run_studies", "write_studies_archive", "load_studies", "CRITERIA",
+           "SMALL_DIFFERENCE", "CLAIMS", "collapsed_by", "cell_counts", "trend_roles",
+           "verdicts_from_cells", "verdicts_from_grid", "conclusions"]
 
 #: the two arms of the demo run, in plotting order
 DEMO_ARMS = ("annealed", "no annealing")
-#: conditioner normalisations compared at the end of the chapter (realnvp.NORMS)
-NORM_CHOICES = ("beta", "batch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,8 +97,10 @@ class FlowGrid(NamedTuple):
     """The RealNVP grid as arrays: rows ``B`` (beta_i), columns ``T`` (t0).
 
     ``pc``, ``lo``, ``hi``: collapse probability and Wilson 95% bounds, shape (len(B), len(T));
-    ``summ``: the grid's summary rows keyed by ``(beta_i, t0)``; ``n_failed``: runs flagged
-    failed over the grid; ``seconds``: wall time of the (cached) grid call.
+    ``counts``: ``{(beta_i, t0): (k, n)}``; ``runs``: the per-run rows; ``n_failed``: runs
+    flagged failed over the grid; ``provenance``: the archive's provenance, or ``None`` when the
+    grid was computed (or loaded from the results cache) here; ``seconds``: wall time of loading
+    or computing it.
     """
 
     B: np.ndarray
@@ -101,251 +108,158 @@ class FlowGrid(NamedTuple):
     pc: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    summ: dict
+    counts: dict
+    runs: list
     n_failed: int
+    provenance: dict | None
     seconds: float
 
 
 def flow_grid(cfg: RealNVPGridConfig, progress: bool | None = None,
               workers: int = 1) -> FlowGrid:
-    """Run (or load from the on-disk cache) the RealNVP grid of ``cfg``."""
+    """The RealNVP grid of ``cfg``: from the archive ``data/GRID_ARCHIVE`` when it holds this
+    configuration, else computed (cached); collapse by the paper's criterion, std < 1.6."""
     t = time.perf_counter()
-    grid = run_grid("realnvp", cfg, progress=progress, workers=workers)
+    cells, runs, prov = flow_grid_rows(cfg, workers=workers, progress=progress)
     seconds = time.perf_counter() - t
     B = np.array(cfg.beta_is)
     T = np.array(cfg.t0s)
-    summ = {(r["beta_i"], r["t0"]): r for r in grid.summary}
-    pc, lo, hi = (np.array([[summ[(b, t)][f] for t in T] for b in B])
+    summ = {(r["beta_i"], r["t0"]): r for r in cells}
+    pc, lo, hi = (np.array([[summ[(float(b), float(t))][f] for t in T] for b in B])
                   for f in ("p_collapse", "ci_low", "ci_high"))
-    n_failed = int(sum(r["n_failed"] for r in grid.summary))
-    return FlowGrid(B, T, pc, lo, hi, summ, n_failed, seconds)
+    counts = {k: (int(r["n_collapsed"]), int(r["n_runs"] - r["n_failed"])) for k, r in summ.items()}
+    n_failed = int(sum(r["n_failed"] for r in cells))
+    return FlowGrid(B, T, pc, lo, hi, counts, runs, n_failed, prov, seconds)
 
 
-def gmm_comparison_config(cfg: RealNVPGridConfig) -> GMMGridConfig:
+def gmm_comparison_config(cfg: RealNVPGridConfig, d: int | None = None) -> GMMGridConfig:
     """The GMM-student grid on the same (beta_i, t0) cells, target, batch, seeds and run length
-    as the RealNVP grid (JKO step from :class:`~annealvi_lib.config.Problem`, exact sampler)."""
-    return GMMGridConfig(problem=Problem(d=cfg.d, R=cfg.R, w_star=cfg.w_star, batch=cfg.batch),
+    as the RealNVP grid (JKO step from :class:`~annealvi_lib.config.Problem`, exact sampler),
+    at dimension ``d`` (default ``cfg.d``)."""
+    d = cfg.d if d is None else int(d)
+    return GMMGridConfig(problem=Problem(d=d, R=cfg.R, w_star=cfg.w_star, batch=cfg.batch),
                          log10_beta_r2=tuple(float(np.log10(b * cfg.R**2)) for b in cfg.beta_is),
                          t0s=cfg.t0s, n_seeds=cfg.n_seeds, n_iter_extra=cfg.n_iter_extra,
                          sampler="exact", seed=cfg.seed)
 
 
-def gmm_comparison_cells(cfg: RealNVPGridConfig, progress: bool | None = None):
-    """The GMM student on the RealNVP grid (cached): ``(p, lo, hi, seconds)``, the collapse
-    probability and its Wilson 95% interval, each shaped ``(len(B), len(T))`` with rows and
-    columns as in :class:`FlowGrid`."""
-    t = time.perf_counter()
-    ggrid = run_grid("gmm", gmm_comparison_config(cfg), progress=progress)
+def _gmm_lookup(summary) -> dict:
     # beta_i = 10^k / R^2 with k = log10(beta_i R^2) round-trips only to ~1e-15
-    gsum = {(round(r["beta_i"], 10), r["t0"]): r for r in ggrid.summary}
+    return {(round(r["beta_i"], 10), r["t0"]): r for r in summary}
+
+
+def _gmm_grid_rows(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None,
+                   cache=None) -> list[dict]:
+    """The GMM student on the RealNVP grid's cells: one row per cell (``beta_i, t0, n_runs,
+    n_collapsed, n_failed, p_collapse, ci_low, ci_high``)."""
+    res = run_grid("gmm", gmm_comparison_config(cfg), workers=workers, progress=progress,
+                   cache=cache)
+    return _cell_rows(res)
+
+
+def _gmm_trend_rows(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None,
+                    cache=None) -> list[dict]:
+    """The GMM student on the trend cells at every d of the trend: rows as
+    :func:`_gmm_grid_rows` with ``d``."""
+    rows = []
+    for d in cfg.trend_dims:
+        g = dataclasses.replace(gmm_comparison_config(cfg, d), n_seeds=cfg.trend_seeds)
+        res = run_grid("gmm", g, cells=[(float(b), float(t)) for b, t in cfg.trend_cells],
+                       workers=workers, progress=progress, cache=cache)
+        rows += _cell_rows(res, d=int(d))
+    return rows
+
+
+def gmm_comparison_cells(cfg: RealNVPGridConfig, tables: dict | None = None,
+                         progress: bool | None = None):
+    """The GMM student on the RealNVP grid: ``(p, lo, hi, seconds)``, the collapse probability
+    and its Wilson 95% interval, each shaped ``(len(B), len(T))`` with rows and columns as in
+    :class:`FlowGrid`; from the side-study ``tables`` (:func:`load_studies`) when given, else
+    computed (cached)."""
+    t = time.perf_counter()
+    rows = tables["gmm_cells.csv"] if tables is not None else _gmm_grid_rows(cfg, progress=progress)
+    gsum = _gmm_lookup(rows)
     p, lo, hi = (np.array([[gsum[(round(float(b), 10), float(t))][key] for t in cfg.t0s]
                            for b in cfg.beta_is]) for key in ("p_collapse", "ci_low", "ci_high"))
     return p, lo, hi, time.perf_counter() - t
 
 
-def gmm_comparison(cfg: RealNVPGridConfig, progress: bool | None = None):
-    """Collapse probability of the GMM student on the RealNVP grid (cached):
-    ``(pg (len(B), len(T)), seconds)``, rows and columns as in :class:`FlowGrid`."""
-    p, _, _, seconds = gmm_comparison_cells(cfg, progress)
-    return p, seconds
-
-
-# --------------------------------------------------------------------------------------------
-# key cells and verdicts
-# --------------------------------------------------------------------------------------------
-
-class Highlights(NamedTuple):
-    """Cells the chapter discusses (indices into ``FlowGrid.B`` / ``FlowGrid.T``).
-
-    ``ann``: annealed rows (beta_i < 1); ``p_vanilla``: mean P over the beta_i = 1 row with the
-    Wilson interval ``(lo_van, hi_van)`` of its pooled counts; ``(i_best, j_best)``: the best
-    annealed cell; ``i_hot``: the hottest row; ``jm``: the middle t0 column; ``i_optm``: the best
-    annealed row at ``jm``; ``i_opt0``: the best annealed row at the shortest t0.
-    """
-
-    ann: np.ndarray
-    p_vanilla: float
-    lo_van: float
-    hi_van: float
-    i_best: int
-    j_best: int
-    i_hot: int
-    jm: int
-    i_optm: int
-    i_opt0: int
-
-
-def _argmin_annealed(p: np.ndarray, ann: np.ndarray) -> int:
-    """Row index of the smallest probability among annealed rows (NaN-tolerant)."""
-    return int(np.nanargmin(np.where(ann, p, np.inf)))
-
-
-def highlights(fg: FlowGrid) -> Highlights:
-    """The cells quoted in the chapter's prose (see :class:`Highlights`)."""
-    B, T, pc = fg.B, fg.T, fg.pc
-    ann = B < 1
-    p_vanilla = float(np.nanmean(pc[~ann]))
-    if (~ann).any():
-        k_van = int(sum(fg.summ[(1.0, t)]["n_collapsed"] for t in T))
-        n_van = int(sum(fg.summ[(1.0, t)]["n_runs"] - fg.summ[(1.0, t)]["n_failed"] for t in T))
-    else:
-        k_van = n_van = 0
-    lo_van, hi_van = wilson_interval(k_van, max(n_van, 1)) if n_van else (np.nan, np.nan)
-    i_best, j_best = np.unravel_index(np.nanargmin(np.where(ann[:, None], pc, np.inf)), pc.shape)
-    jm = len(T) // 2
-    return Highlights(ann=ann, p_vanilla=p_vanilla, lo_van=float(lo_van), hi_van=float(hi_van),
-                      i_best=int(i_best), j_best=int(j_best), i_hot=int(np.argmin(B)), jm=jm,
-                      i_optm=_argmin_annealed(pc[:, jm], ann),
-                      i_opt0=_argmin_annealed(pc[:, 0], ann))
-
-
-def _fmt_drops(B, mat, rows) -> str:
-    """``beta_i = b: P(shortest t0) -> P(longest t0)`` for each row index in ``rows``."""
-    return "; ".join(f"$\\beta_i$ = {float(B[i]):.3g}: {float(mat[i, 0]):.2f} → "
-                     f"{float(mat[i, -1]):.2f}" for i in rows)
-
-
-def verdicts(fg: FlowGrid, pg: np.ndarray, hl: Highlights, beta_c: float,
-             problem: tuple[int, float, float] | None = None) -> dict[str, str]:
-    """The chapter's comparisons of the flow with the GMM student, as Markdown sentences.
-
-    Args:
-      fg: the RealNVP grid; pg: the GMM grid on the same cells (shape of ``fg.pc``);
-      hl: :func:`highlights` of ``fg``; beta_c: the GMM's critical beta
-        (:func:`annealvi_lib.collapse.critical_beta`).
-      problem: ``(d, R, w_star)`` of the target, for the no-annealing formula of chapter 3.
-    Returns:
-      ``{"v_vanilla", "v_rate_below", "v_rate_above", "v_above_compare", "v_hot"}`` -> text:
-      collapse without annealing; shortest-to-longest-t0 change for annealed rows hotter / colder
-      than ``beta_c`` and the mean change above it, flow against GMM; the
-      hottest against the best start at the middle t0 (significance from Wilson intervals).
-    """
-    B, pc, lo, hi, ann = fg.B, fg.pc, fg.lo, fg.hi, hl.ann
-    i_hot, jm, i_optm = hl.i_hot, hl.jm, hl.i_optm
-    out = {}
-    # 1. no annealing
-    pg_van = float(np.nanmean(pg[~ann])) if (~ann).any() else float("nan")
-    from .collapse import vanilla_probability
-
-    d_dim = int(problem[0]) if problem else 0
-    p_ind = vanilla_probability(d=problem[0], R=problem[1], w_star=problem[2]) if problem else float("nan")
-    out["v_vanilla"] = (
-        f"the flow collapses with probability {hl.p_vanilla:.2f} and the GMM student with "
-        f"{pg_van:.2f}. " + (
-            "The flow is *more* collapse-prone than the GMM at this dimension. Without "
-            "annealing each GMM mean goes to the mode on its side, independently (chapter 3: "
-            f"$\\Phi(\\sqrt d\\,\\varepsilon)^2+\\Phi(-\\sqrt d\\,\\varepsilon)^2$ = {p_ind:.2f} at "
-            f"$d$ = {d_dim}), while the flow starts from $\\mathcal N(0, I)$, a single bump that "
-            "the heavy mode pulls over."
-            if hl.p_vanilla > pg_van + 0.1 else
-            "Both are collapse-prone, as in the paper."))
-    # 2. slower annealing helps, below and above beta_c
-    rows_below = [i for i in range(len(B)) if ann[i] and B[i] < beta_c]
-    rows_above = [i for i in range(len(B)) if ann[i] and B[i] >= beta_c]
-    for name, rows, side in (("v_rate_below", rows_below, "hotter than"),
-                             ("v_rate_above", rows_above, "colder than")):
-        out[name] = (_fmt_drops(B, pc, rows) + " (flow), " + _fmt_drops(B, pg, rows) + " (GMM)"
-                     if rows else f"no annealed row {side} $\\beta_c$ at this preset")
-    if rows_above:
-        df = float(np.mean([pc[i, 0] - pc[i, -1] for i in rows_above]))
-        dg = float(np.mean([pg[i, 0] - pg[i, -1] for i in rows_above]))
-        out["v_above_compare"] = (
-            f"averaged over the rows colder than $\\beta_c$, the flow's collapse probability falls "
-            f"by {df:.2f} from the shortest to the longest $t_0$ and the GMM student's by "
-            f"{dg:.2f}" + ("; the flow gains much more from a slow schedule there" if df > dg + 0.3
-                           else "; with these interval widths the two gains are not resolved"
-                           if abs(df - dg) <= 0.3 else "; the GMM gains more there"))
-    else:
-        out["v_above_compare"] = "no annealed row is colder than $\\beta_c$ at this preset"
-    # 3. hot starts at a fixed budget (middle t0)
-    i_opt_g = _argmin_annealed(pg[:, jm], ann)
-    out["v_hot"] = (
-        f"the flow collapses with probability {pc[i_hot, jm]:.2f} "
-        f"[{lo[i_hot, jm]:.2f}, {hi[i_hot, jm]:.2f}] from the hottest start "
-        f"$\\beta_i$ = {B[i_hot]:.3g} against {pc[i_optm, jm]:.2f} "
-        f"[{lo[i_optm, jm]:.2f}, {hi[i_optm, jm]:.2f}] from its best start "
-        f"$\\beta_i$ = {B[i_optm]:.3g}; " + (
-            f"the GMM student {pg[i_hot, jm]:.2f}, its best start being the hottest. "
-            if i_opt_g == i_hot else
-            f"the GMM student {pg[i_hot, jm]:.2f} from the hottest and {pg[i_opt_g, jm]:.2f} from "
-            f"its best, $\\beta_i$ = {B[i_opt_g]:.3g}. ") + (
-            "For the flow a very hot start *hurts* at this budget (the intervals do not "
-            "overlap)" if lo[i_hot, jm] > hi[i_optm, jm] else
-            "The intervals of the flow's hottest and best starts overlap: no significant "
-            "cost of a hot start at this budget") + ".")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# does the conditioner normalisation matter?
-# --------------------------------------------------------------------------------------------
-
-def norm_cells(fg: FlowGrid, hl: Highlights) -> list[tuple[float, float]]:
-    """The two cells rerun with each normalisation: no annealing at the shortest t0, and the
-    hottest start at the middle t0."""
-    return [(1.0, float(fg.T[0])), (float(fg.B[hl.i_hot]), float(fg.T[hl.jm]))]
-
-
-def _one_cell_config(cfg: RealNVPGridConfig, beta_i: float, t0: float,
-                     **changes) -> RealNVPGridConfig:
-    """A copy of ``cfg`` whose grid is the single cell ``(beta_i, t0)``; ``beta_i`` must be 1
-    or one of the grid's rows (so that it is reproduced bit for bit)."""
-    if beta_i == 1.0:
-        rows = dict(log10_beta_9=(), include_beta_one=True)
-    else:
-        ks = [k for k in cfg.log10_beta_9 if grid_beta(k, 9.0) == beta_i]
-        if not ks:
-            raise ValueError(f"beta_i must be 1 or a row of the grid {cfg.beta_is}, got {beta_i!r}")
-        rows = dict(log10_beta_9=(ks[0],), include_beta_one=False)
-    return dataclasses.replace(cfg, t0s=(float(t0),), **rows, **changes)
-
-
-def norm_comparison(cfg: RealNVPGridConfig, cells: list[tuple[float, float]],
-                    n_seeds: int | None = None, progress: bool | None = None) -> list[dict]:
-    """Collapse rates of ``cells`` for each normalisation in :data:`NORM_CHOICES` (cached).
-
-    Each (cell, norm) is a one-cell grid (:func:`annealvi_lib.grid.run_grid`) with replicates
-    ``0 .. n_seeds - 1``, i.e. the first keys of the main grid's cell.
-
-    Args:
-      cfg: the RealNVP grid configuration.
-      cells: ``(beta_i, t0)`` pairs, each beta_i 1 or a row of the grid.
-      n_seeds: runs per cell (>= 2; default ``max(2, cfg.n_seeds // 2)``).
-    Returns:
-      one dict per cell: ``beta_i``, ``t0`` and, per norm, ``{"p", "lo", "hi", "n"}``
-      (collapse probability over non-failed runs, Wilson 95% bounds, non-failed runs).
-    """
-    n_seeds = max(2, cfg.n_seeds // 2) if n_seeds is None else int(n_seeds)
-    if n_seeds < 2:
-        raise ValueError(f"n_seeds must be >= 2, got {n_seeds}")
+def gmm_trend(cfg: RealNVPGridConfig, tables: dict | None = None,
+              progress: bool | None = None) -> list[dict]:
+    """The GMM student on the trend cells at every d of the trend (exact sampler, the flow's
+    batch, ``cfg.trend_seeds`` runs): rows ``d, beta_i, t0, p, lo, hi, n``; from the side-study
+    ``tables`` when given, else computed (cached)."""
+    raw = (tables["gmm_trend_cells.csv"] if tables is not None
+           else _gmm_trend_rows(cfg, progress=progress))
     rows = []
-    for b, t0 in cells:
-        row = {"beta_i": float(b), "t0": float(t0)}
-        for norm in NORM_CHOICES:
-            c = _one_cell_config(cfg, b, t0, norm=norm, n_seeds=n_seeds)
-            s = run_grid("realnvp", c, progress=progress).summary[0]
-            row[norm] = {"p": float(s["p_collapse"]), "lo": float(s["ci_low"]),
-                         "hi": float(s["ci_high"]), "n": int(s["n_runs"] - s["n_failed"])}
-        rows.append(row)
+    for d in cfg.trend_dims:
+        look = _gmm_lookup([r for r in raw if int(r["d"]) == int(d)])
+        for b, t in cfg.trend_cells:
+            r = look[(round(float(b), 10), float(t))]
+            rows.append({"d": int(d), "beta_i": float(b), "t0": float(t),
+                         "p": float(r["p_collapse"]), "lo": float(r["ci_low"]),
+                         "hi": float(r["ci_high"]), "n": int(r["n_runs"] - r["n_failed"])})
     return rows
 
 
-def norms_overlap(rows: list[dict]) -> bool:
-    """True when the Wilson intervals of the two normalisations overlap in every cell."""
-    a, b = NORM_CHOICES
-    return all(r[a]["lo"] <= r[b]["hi"] and r[b]["lo"] <= r[a]["hi"] for r in rows)
+def trend_rows(tables: dict, criterion: tuple, w_star: float) -> list[dict]:
+    """The flow's trend cells from the side-study tables: rows ``d, beta_i, t0, k, n, p, lo,
+    hi`` under ``criterion``."""
+    runs = tables["trend_runs.csv"]
+    out = []
+    for d in sorted({int(r["d"]) for r in runs}):
+        counts = cell_counts([r for r in runs if int(r["d"]) == d], criterion, w_star)
+        for (b, t), (k, n) in counts.items():
+            lo, hi = wilson_interval(k, max(n, 1))
+            out.append({"d": d, "beta_i": b, "t0": t, "k": k, "n": n,
+                        "p": k / n if n else float("nan"), "lo": float(lo), "hi": float(hi)})
+    return out
 
 
-def norm_verdict(rows: list[dict]) -> str:
-    """One Markdown sentence on whether the normalisation changes the conclusions."""
-    if norms_overlap(rows):
-        n = min(min(r[k]["n"] for k in NORM_CHOICES) for r in rows)
-        return ("The Wilson intervals of the two normalisations overlap in every cell, so the "
-                f"comparison is inconclusive: with {n} runs per cell only large differences "
-                "(about 0.35 or more) could be detected, and overlapping intervals are not "
-                "evidence that the normalisation has no effect.")
-    return ("The intervals do **not** overlap in at least one cell: the normalisation matters "
-            "there (see the numbers above).")
+def compare_rows(tables: dict, criterion: tuple, w_star: float) -> list[dict]:
+    """The comparisons: one row per (cell, arm) with ``beta_i, t0, arm, k, n, p, lo, hi`` and,
+    for the arms other than the base, ``diff, diff_lo, diff_hi`` (arm minus base, Newcombe 95%
+    interval)."""
+    from .metrics import difference_interval
+
+    runs = tables["compare_runs.csv"]
+    by_arm = {a: cell_counts([r for r in runs if r["arm"] == a], criterion, w_star)
+              for a, _, _ in COMPARE_ARMS}
+    base = COMPARE_ARMS[0][0]
+    out = []
+    for cell in by_arm[base]:
+        kb, nb = by_arm[base][cell]
+        for arm, _, _ in COMPARE_ARMS:
+            k, n = by_arm[arm][cell]
+            lo, hi = wilson_interval(k, n)
+            row = {"beta_i": cell[0], "t0": cell[1], "arm": arm, "k": k, "n": n, "p": k / n,
+                   "lo": float(lo), "hi": float(hi)}
+            if arm != base:
+                dd, dl, dh = difference_interval(k, n, kb, nb)
+                row.update(diff=float(dd), diff_lo=float(dl), diff_hi=float(dh))
+            out.append(row)
+    return out
+
+
+def compare_verdict(rows: list[dict], arm: str) -> str:
+    """One Markdown sentence on ``arm`` against the base arm, from the Newcombe intervals."""
+    rs = [r for r in rows if r["arm"] == arm]
+    parts = [f"β_i = {r['beta_i']:.3g}, t0 = {r['t0']:.0f}: {r['diff']:+.2f} "
+             f"[{r['diff_lo']:+.2f}, {r['diff_hi']:+.2f}]" for r in rs]
+    changed = [r for r in rs if r["diff_lo"] > 0 or r["diff_hi"] < 0]
+    small = [r for r in rs if -SMALL_DIFFERENCE < r["diff_lo"] and r["diff_hi"] < SMALL_DIFFERENCE]
+    n = min(r["n"] for r in rs)
+    if changed:
+        verdict = (f"the change is beyond its interval in {len(changed)} of {len(rs)} cells: "
+                   f"{arm} changes the collapse probability there")
+    elif len(small) == len(rs):
+        verdict = (f"every interval lies within ±{SMALL_DIFFERENCE:g}: with {n} runs per arm, "
+                   f"{arm} changes the collapse probability by less than {SMALL_DIFFERENCE:g} "
+                   "in these cells")
+    else:
+        verdict = (f"no interval excludes zero, but not every one excludes a change of "
+                   f"{SMALL_DIFFERENCE:g}: with {n} runs per arm the effect is not resolved")
+    return f"P({arm}) − P(base): " + "; ".join(parts) + f" — {verdict}."
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,7 +334,7 @@ def plot_flow_heatmap(fg: FlowGrid):
     seaborn annotated heat map; hottest start at the bottom)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(1.1 * len(fg.T) + 2.2, 0.55 * len(fg.B) + 1.4))
     _annotated_heatmap(ax, fg.pc, fg.lo, fg.hi, fg.B, fg.T,
                        cbar_kws={"label": "P(collapse)"})
     ax.set_ylabel(r"initial inverse temperature $\beta_i$")
@@ -452,32 +366,6 @@ def plot_rate(fg: FlowGrid):
     return fig
 
 
-def rate_verdict(fg: FlowGrid, factor: float = 1.5) -> str:
-    """Does the rate alone decide the flow's collapse? Looks for two cells of different annealed
-    rows whose rates ``beta_i^(-1/t0) - 1`` are within ``factor`` of each other and whose Wilson
-    95% intervals do not overlap; returns one Markdown sentence naming the clearest such pair."""
-    B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
-    cells = [(i, j, float(annealing_rate(B[i], T[j]) - 1.0)) for i in range(len(B)) if B[i] < 1
-             for j in range(len(T))]
-    best = None
-    for a, (i, j, ra) in enumerate(cells):
-        for (k, l, rb) in cells[a + 1:]:
-            if i == k or max(ra, rb) / min(ra, rb) > factor:
-                continue
-            gap = max(lo[i, j] - hi[k, l], lo[k, l] - hi[i, j])
-            if gap > 0 and (best is None or gap > best[0]):
-                best = (gap, (i, j, ra), (k, l, rb))
-    if best is None:
-        return (f"No two rows differ beyond their intervals at rates within a factor {factor:g} "
-                "of each other: on this grid the rate alone is consistent with the data.")
-    _, (i, j, ra), (k, l, rb) = best
-    return (f"The rate alone does not decide: at nearly the same rate, $\\beta_i$ = {B[i]:.3g} "
-            f"($t_0$ = {T[j]:.0f}, rate {ra:.2g}) collapses with probability {pc[i, j]:.2f} "
-            f"[{lo[i, j]:.2f}, {hi[i, j]:.2f}] and $\\beta_i$ = {B[k]:.3g} ($t_0$ = {T[l]:.0f}, "
-            f"rate {rb:.2g}) with {pc[k, l]:.2f} [{lo[k, l]:.2f}, {hi[k, l]:.2f}]: the intervals do "
-            "not overlap.")
-
-
 def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray, pg_lo: np.ndarray | None = None,
                      pg_hi: np.ndarray | None = None):
     """Side-by-side seaborn heat maps: RealNVP (``fg.pc``) and GMM student (``pg``) on the same
@@ -485,7 +373,7 @@ def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray, pg_lo: np.ndarray | None = No
     given), one shared colour bar."""
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(11, 4.4))
+    fig = plt.figure(figsize=(max(11.0, 2.2 * len(fg.T) + 1.0), 0.55 * len(fg.B) + 1.6))
     grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.05), wspace=0.12)
     axs = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
     cax = fig.add_subplot(grid[0, 2])
@@ -496,6 +384,41 @@ def plot_flow_vs_gmm(fg: FlowGrid, pg: np.ndarray, pg_lo: np.ndarray | None = No
     axs[1].set_title("GMM student")
     axs[0].set_ylabel(r"$\beta_i$")
     axs[1].set_yticklabels([])
+    return fig
+
+
+def plot_trend(flow_rows: list[dict], gmm_rows: list[dict], cells, beta_c: float):
+    """Collapse probability against the dimension d, one panel per trend cell: the flow (filled
+    markers, Wilson 95% bars) and the GMM student on the same target, batch and cell (open
+    markers, dashed)."""
+    import matplotlib.pyplot as plt
+
+    cells = [(float(b), float(t)) for b, t in cells]
+    fig, axs = plt.subplots(1, len(cells), figsize=(3.0 * len(cells) + 0.6, 3.6), sharey=True,
+                            squeeze=False)
+    for ax, (b, t) in zip(axs[0], cells):
+        for rows, lab, sty in ((flow_rows, "RealNVP", dict(color="C0", marker="o", ls="-")),
+                               (gmm_rows, "GMM student", dict(color="C3", marker="s", ls="--",
+                                                              mfc="white"))):
+            rs = sorted((r for r in rows if r["beta_i"] == b and r["t0"] == t),
+                        key=lambda r: r["d"])
+            if not rs:
+                continue
+            x = np.array([r["d"] for r in rs], float)
+            p = np.array([r["p"] for r in rs])
+            err = [p - np.array([r["lo"] for r in rs]), np.array([r["hi"] for r in rs]) - p]
+            ax.errorbar(x, p, yerr=err, capsize=3, ms=6, label=lab, **sty)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["d"] for r in flow_rows}))
+        ax.set_xticklabels([str(v) for v in sorted({r["d"] for r in flow_rows})])
+        kind = ("no annealing" if b == 1 else "start above $\\beta_c$" if b >= beta_c
+                else "start below $\\beta_c$")
+        ax.set_title(f"{kind}\n$\\beta_i$ = {b:.3g}, $t_0$ = {t:.0f}", fontsize=10)
+        ax.set_xlabel("dimension $d$")
+        ax.set_ylim(-0.05, 1.05)
+    axs[0, 0].set_ylabel("P(collapse)")
+    axs[0, 0].legend(fontsize=9, loc="best")
+    fig.tight_layout()
     return fig
 
 
@@ -526,8 +449,19 @@ def fig_rate(preset: Preset):
           description="RealNVP and GMM-student collapse probability on the same grid")
 def fig_flow_vs_gmm(preset: Preset):
     cfg = preset.realnvp_grid
-    p, lo, hi, _ = gmm_comparison_cells(cfg)
+    p, lo, hi, _ = gmm_comparison_cells(cfg, load_studies(cfg)[0])
     return plot_flow_vs_gmm(flow_grid(cfg), p, lo, hi)
+
+
+@register("ch4_trend", chapter=4,
+          description="RealNVP and GMM-student collapse probability against the dimension d")
+def fig_trend(preset: Preset):
+    from .collapse import critical_beta
+
+    cfg = preset.realnvp_grid
+    tables, _ = load_studies(cfg)
+    return plot_trend(trend_rows(tables, CRITERIA[1], cfg.w_star), gmm_trend(cfg, tables),
+                      cfg.trend_cells, critical_beta(cfg.R, cfg.w_star))
 
 
 def benchmark_rows() -> tuple[list[dict], str] | None:
@@ -589,14 +523,15 @@ def write_grid_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, command
     ``provenance.json``."""
     import tempfile
 
-    from .archive import write_archive
+    from .archive import current_commit, write_archive
 
+    commit = current_commit()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="annealvi_realnvp_") as fresh:
         res = run_grid("realnvp", cfg, workers=workers, progress=progress, cache=fresh)
     return write_archive(folder, {"realnvp_cells.csv": _cell_rows(res),
                                   "realnvp_runs.csv": _run_rows(res)},
-                         grid_archive_config(cfg), time.perf_counter() - t, command)
+                         grid_archive_config(cfg), time.perf_counter() - t, command, commit)
 
 
 def _numeric_rows(rows: list[dict], keep_str=()) -> list[dict]:
@@ -644,14 +579,19 @@ def run_studies(cfg: RealNVPGridConfig, cells: list[tuple[float, float]], worker
                 progress: bool | None = None, cache=None) -> dict[str, list[dict]]:
     """The side studies: the dimension trend (``cfg.trend_cells`` at every ``cfg.trend_dims``,
     ``cfg.trend_seeds`` runs each) and the comparisons (every arm of :data:`COMPARE_ARMS` on
-    ``cells``, ``cfg.compare_seeds`` runs each). Runs of a cell use the keys of the grid's cell
-    (replicates 0, 1, ...), so the arms of a comparison are paired.
+    ``cells``, ``cfg.compare_seeds`` runs each), and the GMM student on the grid's cells and on
+    the trend cells (:func:`gmm_comparison_config`). Runs of a cell use the keys of the grid's
+    cell (replicates 0, 1, ...), so the arms of a comparison are paired.
 
     Returns the tables ``trend_cells.csv``, ``trend_runs.csv``, ``compare_cells.csv``,
-    ``compare_runs.csv`` (rows labelled by ``d`` or ``arm``).
+    ``compare_runs.csv`` (rows labelled by ``d`` or ``arm``), ``gmm_cells.csv`` and
+    ``gmm_trend_cells.csv``.
     """
     out = {"trend_cells.csv": [], "trend_runs.csv": [], "compare_cells.csv": [],
-           "compare_runs.csv": []}
+           "compare_runs.csv": [],
+           "gmm_cells.csv": _gmm_grid_rows(cfg, workers=workers, progress=progress, cache=cache),
+           "gmm_trend_cells.csv": _gmm_trend_rows(cfg, workers=workers, progress=progress,
+                                                  cache=cache)}
     for d in cfg.trend_dims:
         c = dataclasses.replace(cfg, d=int(d), n_seeds=cfg.trend_seeds)
         res = run_grid("realnvp", c, cells=list(cfg.trend_cells), workers=workers,
@@ -674,14 +614,15 @@ def write_studies_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, comm
     else of the grid computed into the results cache)."""
     import tempfile
 
-    from .archive import write_archive
+    from .archive import current_commit, write_archive
 
+    commit = current_commit()
     cells = compare_cells(flow_grid_rows(cfg, workers=workers)[0])
     t = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="annealvi_realnvp_side_") as fresh:
         tables = run_studies(cfg, cells, workers=workers, progress=progress, cache=fresh)
     return write_archive(folder, tables, studies_config(cfg, cells), time.perf_counter() - t,
-                         command)
+                         command, commit)
 
 
 def flow_grid_rows(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None):
@@ -705,4 +646,211 @@ def load_studies(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None
         tables, prov = got
         return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, prov)
     tables = run_studies(cfg, cells, workers=workers, progress=progress)
+    # as they come back from the archive: plain numbers (the GMM rows carry a grid id)
     return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, None)
+
+
+# --------------------------------------------------------------------------------------------
+# collapse criteria and the paper's claims, decided from the intervals
+# --------------------------------------------------------------------------------------------
+
+#: collapse criteria compared on the archived runs: (label, kind, threshold); "std": std of
+#: <mu*, x> below the threshold (the paper's is 1.6); "mass": the less-covered side of the
+#: hyperplane <mu*, x> = 0 holds less than half the light mode's weight, (1 - w*) / 2
+CRITERIA = (("std < 1.4", "std", 1.4), ("std < 1.6 (paper)", "std", 1.6),
+            ("std < 1.8", "std", 1.8), ("light-side mass < (1 - w*)/2", "mass", None))
+#: a difference of collapse probabilities smaller than this counts as "little" (the smallest
+#: difference the powered comparisons are sized to detect)
+SMALL_DIFFERENCE = 0.15
+#: verdict labels
+SUPPORTED, CONTRADICTED, UNRESOLVED, UNTESTED = ("supported", "contradicted", "not resolved",
+                                                 "not tested")
+#: the paper's RealNVP claims, in the order of the conclusions table: (key, statement)
+CLAIMS = (("no_annealing", "collapse without annealing (P > 1/2)"),
+          ("slower", "less collapse with slower annealing"),
+          ("sweet_spot", "a sweet spot in β_i at a fixed t0"),
+          ("rate_only", "only the rate matters for hot starts"),
+          ("very_hot", "very hot starts worse at a fixed budget"),
+          ("near_bc", "little benefit from starts near or above β_c"))
+
+
+def collapsed_by(runs: list[dict], criterion: tuple, w_star: float) -> np.ndarray:
+    """Collapse flags of archived run rows under ``criterion`` (an entry of :data:`CRITERIA`);
+    failed runs are never collapsed (they are counted apart)."""
+    _, kind, thr = criterion
+    failed = np.array([bool(r["failed"]) for r in runs])
+    if kind == "std":
+        c = np.array([r["proj_std"] < thr for r in runs])
+    else:
+        m = np.array([r["mass_plus"] for r in runs])
+        c = np.minimum(m, 1.0 - m) < 0.5 * (1.0 - w_star)
+    return c & ~failed
+
+
+def cell_counts(runs: list[dict], criterion: tuple, w_star: float) -> dict:
+    """``{(beta_i, t0): (k collapsed, n non-failed)}`` of run rows under ``criterion``."""
+    flags = collapsed_by(runs, criterion, w_star)
+    out: dict = {}
+    for r, c in zip(runs, flags):
+        k, n = out.get((r["beta_i"], r["t0"]), (0, 0))
+        if not r["failed"]:
+            out[(r["beta_i"], r["t0"])] = (k + int(c), n + 1)
+        else:
+            out.setdefault((r["beta_i"], r["t0"]), (k, n))
+    return out
+
+
+def _p_text(k, n) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{k / n:.2f} [{float(lo):.2f}, {float(hi):.2f}]"
+
+
+def _d_text(k1, n1, k2, n2, z: float = 1.96):
+    from .metrics import difference_interval
+
+    d, lo, hi = difference_interval(k1, n1, k2, n2, z)
+    return float(d), float(lo), float(hi), f"{float(d):+.2f} [{float(lo):+.2f}, {float(hi):+.2f}]"
+
+
+def trend_roles(cells, beta_c: float) -> dict:
+    """The roles of the trend cells: ``vanilla`` (beta_i = 1), ``short`` / ``long`` (the
+    annealed start below ``beta_c`` at its shortest and longest t0) and ``above`` (an annealed
+    start at or above ``beta_c``, at the vanilla cell's t0 when there is one)."""
+    cells = [(float(b), float(t)) for b, t in cells]
+    van = [c for c in cells if c[0] == 1.0]
+    below = [c for c in cells if c[0] < beta_c]
+    above = [c for c in cells if beta_c <= c[0] < 1.0]
+    if not van or len(below) < 2 or not above:
+        raise ValueError("trend_cells must hold a beta_i = 1 cell, one start below beta_c at two "
+                         f"t0 and one start in [beta_c, 1); got {cells}")
+    b_mod = below[0][0]
+    mod = sorted((c for c in below if c[0] == b_mod), key=lambda c: c[1])
+    if len(mod) < 2:
+        raise ValueError(f"trend_cells must hold one start below beta_c at two t0; got {cells}")
+    ab = [c for c in above if c[1] == van[0][1]] or above
+    return {"vanilla": van[0], "short": mod[0], "long": mod[-1], "above": ab[0]}
+
+
+def _verdict(lo_ok: bool, hi_bad: bool) -> str:
+    return SUPPORTED if lo_ok else CONTRADICTED if hi_bad else UNRESOLVED
+
+
+def verdicts_from_cells(counts: dict, roles: dict) -> dict:
+    """Verdicts of the claims that the trend cells can decide (``no_annealing``, ``slower``,
+    ``near_bc``), each ``{"verdict", "evidence"}``, from ``counts`` (:func:`cell_counts`).
+
+    * no_annealing: the Wilson interval of P at beta_i = 1 above 1/2 (supported) or below it;
+    * slower: P(short t0) - P(long t0) for the start below beta_c, its Newcombe interval above
+      (supported) or below (contradicted) zero;
+    * near_bc: the benefit P(no annealing) - P(start above beta_c) at the same t0: interval
+      below SMALL_DIFFERENCE (supported, "little"), above it (contradicted).
+    """
+    out = {}
+    k, n = counts[roles["vanilla"]]
+    lo, hi = wilson_interval(k, n)
+    out["no_annealing"] = {"verdict": _verdict(float(lo) > 0.5, float(hi) < 0.5),
+                           "evidence": f"P(β_i = 1, t0 = {roles['vanilla'][1]:.0f}) = "
+                                       f"{_p_text(k, n)}"}
+    (ks, ns), (kl, nl) = counts[roles["short"]], counts[roles["long"]]
+    _, lo, hi, txt = _d_text(ks, ns, kl, nl)
+    out["slower"] = {"verdict": _verdict(lo > 0, hi < 0),
+                     "evidence": f"β_i = {roles['short'][0]:.3g}: P(t0 = {roles['short'][1]:.0f})"
+                                 f" − P(t0 = {roles['long'][1]:.0f}) = {txt}"}
+    (kv, nv), (ka, na) = counts[roles["vanilla"]], counts[roles["above"]]
+    _, lo, hi, txt = _d_text(kv, nv, ka, na)
+    out["near_bc"] = {"verdict": _verdict(hi < SMALL_DIFFERENCE, lo > SMALL_DIFFERENCE),
+                      "evidence": f"P(β_i = 1) − P(β_i = {roles['above'][0]:.3g}) at t0 = "
+                                  f"{roles['above'][1]:.0f}: {txt}"}
+    return out
+
+
+def verdicts_from_grid(counts: dict, B, T, beta_c: float, hot_fraction: float) -> dict:
+    """Verdicts of the claims that need the whole grid (``sweet_spot``, ``rate_only``,
+    ``very_hot``), from ``counts`` over rows ``B`` and columns ``T``.
+
+    * sweet_spot (middle t0): the best interior annealed row against the hottest and the coldest
+      annealed rows, both Newcombe intervals above zero (supported); an end row better than
+      every interior row beyond its interval (contradicted);
+    * very_hot (middle t0): P(hottest) - P(best other annealed row) above zero (supported),
+      below (contradicted);
+    * rate_only: pairs of cells from different hot rows (beta_i <= hot_fraction beta_c) with
+      rates beta_i^(-1/t0) within a factor 1.5; Bonferroni-corrected intervals: one excluding
+      zero contradicts, all inside +-SMALL_DIFFERENCE support.
+    """
+    from scipy.stats import norm as _norm
+
+    B = [float(b) for b in B]
+    T = [float(t) for t in T]
+    ann = [b for b in B if b < 1]
+    tm = T[len(T) // 2]
+    p = {b: counts[(b, tm)][0] / max(counts[(b, tm)][1], 1) for b in ann}
+    out = {}
+    hot, cold = min(ann), max(ann)
+    interior = [b for b in ann if b not in (hot, cold)]
+    if interior:
+        bi = min(interior, key=lambda b: p[b])
+        d1 = _d_text(*counts[(hot, tm)], *counts[(bi, tm)])
+        d2 = _d_text(*counts[(cold, tm)], *counts[(bi, tm)])
+        be = min((hot, cold), key=lambda b: p[b])
+        d3 = _d_text(*counts[(bi, tm)], *counts[(be, tm)])
+        out["sweet_spot"] = {
+            "verdict": _verdict(d1[1] > 0 and d2[1] > 0, d3[1] > 0),
+            "evidence": f"t0 = {tm:.0f}, best interior β_i = {bi:.3g}: P(hottest) − P(best) = "
+                        f"{d1[3]}, P(coldest annealed) − P(best) = {d2[3]}"}
+    else:
+        out["sweet_spot"] = {"verdict": UNTESTED, "evidence": "fewer than three annealed rows"}
+    others = [b for b in ann if b != hot]
+    if others:
+        bo = min(others, key=lambda b: p[b])
+        dd = _d_text(*counts[(hot, tm)], *counts[(bo, tm)])
+        out["very_hot"] = {"verdict": _verdict(dd[1] > 0, dd[2] < 0),
+                           "evidence": f"t0 = {tm:.0f}: P(β_i = {hot:.3g}) − P(β_i = {bo:.3g}, "
+                                       f"best other) = {dd[3]}"}
+    else:
+        out["very_hot"] = {"verdict": UNTESTED, "evidence": "one annealed row"}
+    hot_rows = [b for b in ann if b <= hot_fraction * beta_c]
+    cells = [(b, t, annealing_rate(b, t) - 1.0) for b in hot_rows for t in T]
+    pairs = [(a, c) for i, a in enumerate(cells) for c in cells[i + 1:]
+             if a[0] != c[0] and max(a[2], c[2]) / min(a[2], c[2]) <= 1.5]
+    if not pairs:
+        out["rate_only"] = {"verdict": UNTESTED,
+                            "evidence": f"no two cells of different hot rows (β_i ≤ "
+                                        f"{hot_fraction:g} β_c) have rates within a factor 1.5"}
+    else:
+        z = float(_norm.ppf(1 - 0.025 / len(pairs)))
+        ds = [_d_text(*counts[(a[0], a[1])], *counts[(c[0], c[1])], z=z) for a, c in pairs]
+        worst = max(range(len(ds)), key=lambda i: max(ds[i][1], -ds[i][2]))
+        a, c = pairs[worst]
+        out["rate_only"] = {
+            "verdict": _verdict(all(-SMALL_DIFFERENCE < x[1] and x[2] < SMALL_DIFFERENCE
+                                    for x in ds), any(x[1] > 0 or x[2] < 0 for x in ds)),
+            "evidence": f"{len(pairs)} pairs at matched rate; the most different: "
+                        f"(β_i = {a[0]:.3g}, t0 = {a[1]:.0f}) − (β_i = {c[0]:.3g}, t0 = "
+                        f"{c[1]:.0f}) = {ds[worst][3]} (Bonferroni-corrected)"}
+    return out
+
+
+def conclusions(trend_runs: list[dict], grid_runs: list[dict], cfg: RealNVPGridConfig,
+                beta_c: float, hot_fraction: float, criterion: tuple = CRITERIA[1]) -> list[dict]:
+    """The conclusions table: one row per (claim, d) with ``claim``, ``d``, ``verdict``,
+    ``evidence``. Trend claims at every d of the trend (the grid's d from the grid's own runs);
+    the grid claims at the grid's d only (``not tested`` elsewhere)."""
+    roles = trend_roles(cfg.trend_cells, beta_c)
+    dims = sorted({int(r["d"]) for r in trend_runs} | {cfg.d})
+    rows = []
+    by_d = {}
+    for d in dims:
+        runs = (grid_runs if d == cfg.d and all(c in {(r["beta_i"], r["t0"]) for r in grid_runs}
+                                                for c in roles.values())
+                else [r for r in trend_runs if int(r["d"]) == d])
+        v = verdicts_from_cells(cell_counts(runs, criterion, cfg.w_star), roles)
+        if d == cfg.d:
+            v.update(verdicts_from_grid(cell_counts(grid_runs, criterion, cfg.w_star),
+                                        cfg.beta_is, cfg.t0s, beta_c, hot_fraction))
+        by_d[d] = v
+    for key, text in CLAIMS:
+        for d in dims:
+            v = by_d[d].get(key, {"verdict": UNTESTED, "evidence": "needs the whole grid "
+                                                                   f"(run at d = {cfg.d})"})
+            rows.append({"claim": text, "key": key, "d": d, **v})
+    return rows
