@@ -297,8 +297,8 @@ class RealNVPGridConfig:
     # dimension trend (chapter 4): the same flow at each d of trend_dims on the cells
     # (beta_i, t0) of trend_cells, trend_seeds runs each
     trend_dims: tuple = (8, 16, 32, 64, 128)
-    trend_cells: tuple = ((1.0, 1000.0), (0.0351364184463, 500.0), (0.0351364184463, 2000.0),
-                          (0.351364184463, 1000.0))
+    trend_cells: tuple = ((1.0, 2000.0), (0.0351364184463, 500.0), (0.0351364184463, 2000.0),
+                          (0.351364184463, 2000.0))
     trend_seeds: int = 200
     # runs per arm of the normalisation and initialisation comparisons
     compare_seeds: int = 200

@@ -103,8 +103,8 @@ def _runs(cells: dict) -> list[dict]:
     return out
 
 
-ROLES = {"vanilla": (1.0, 1000.0), "short": (0.0351364184463, 500.0),
-         "long": (0.0351364184463, 2000.0), "above": (0.351364184463, 1000.0)}
+ROLES = {"vanilla": (1.0, 2000.0), "short": (0.0351364184463, 500.0),
+         "long": (0.0351364184463, 2000.0), "above": (0.351364184463, 2000.0)}
 
 
 def test_trend_roles_of_the_book_cells():
