@@ -22,7 +22,8 @@ from pathlib import Path
 from . import __version__
 from .paths import repo_root
 
-__all__ = ["data_dir", "config_digest", "current_commit", "write_archive", "read_archive"]
+__all__ = ["data_dir", "config_digest", "json_roundtrip", "current_commit", "write_archive",
+           "read_archive"]
 
 
 def data_dir(name: str) -> Path:
@@ -34,6 +35,12 @@ def config_digest(config: dict) -> str:
     """Short SHA-256 of a JSON-serialisable configuration (keys sorted)."""
     payload = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def json_roundtrip(obj):
+    """``obj`` as it comes back from JSON (tuples -> lists), for comparing with an archive's
+    ``provenance["config"]``."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def current_commit() -> str:

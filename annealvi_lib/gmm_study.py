@@ -641,7 +641,7 @@ def load_batch_scan(G: GMMGridConfig, workers: int = 1):
     """The scan's point rows for ``G``: from the archive ``data/BSCAN_ARCHIVE`` when its
     configuration is ``G``'s, else computed (cached). Returns ``(rows, provenance or None)``;
     numeric fields as numbers."""
-    from .archive import data_dir, read_archive
+    from .archive import data_dir, json_roundtrip, read_archive
 
     got = read_archive(data_dir(BSCAN_ARCHIVE))
     if got is not None and got[1]["config"] == json_roundtrip(batch_scan_config(G)):
@@ -654,13 +654,6 @@ def load_batch_scan(G: GMMGridConfig, workers: int = 1):
                 r[k] = int(r[k])
         return rows, got[1]
     return run_batch_scan(G, workers=workers)[0], None
-
-
-def json_roundtrip(obj):
-    """``obj`` as it comes back from JSON (tuples -> lists), for comparing with an archive."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
 
 
 def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list[dict]:

@@ -25,6 +25,7 @@ import numpy as np
 from . import realnvp as rn
 from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig, grid_beta
 from .figures import register
+from .archive import json_roundtrip
 from .grid import run_grid
 from .metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_interval
 from .schedules import Schedule, annealing_rate
@@ -493,13 +494,6 @@ def grid_archive_config(cfg: RealNVPGridConfig) -> dict:
     return json_roundtrip({"realnvp_grid": d, "beta_is": list(cfg.beta_is)})
 
 
-def json_roundtrip(obj):
-    """``obj`` as it comes back from JSON (tuples -> lists), for comparing with an archive."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
 #: per-run columns of the archives (beside the cell and replicate)
 _RUN_COLUMNS = ("collapsed", "failed", "proj_std", "proj_mean", "mass_plus", "ess", "kl")
 
@@ -766,46 +760,77 @@ def verdicts_from_cells(counts: dict, roles: dict) -> dict:
 
 def verdicts_from_grid(counts: dict, B, T, beta_c: float, hot_fraction: float) -> dict:
     """Verdicts of the claims that need the whole grid (``sweet_spot``, ``rate_only``,
-    ``very_hot``), from ``counts`` over rows ``B`` and columns ``T``.
+    ``very_hot``), from ``counts`` over rows ``B`` and columns ``T``. Each claim is tested at
+    every t0 column with Bonferroni-corrected 95% intervals (Newcombe, ``z`` for 0.05 / the
+    number of tests), so that looking at every column does not inflate false verdicts.
 
-    * sweet_spot (middle t0): the best interior annealed row against the hottest and the coldest
-      annealed rows, both Newcombe intervals above zero (supported); an end row better than
-      every interior row beyond its interval (contradicted);
-    * very_hot (middle t0): P(hottest) - P(best other annealed row) above zero (supported),
-      below (contradicted);
+    * sweet_spot: at some t0, the best interior annealed row below both the hottest and the
+      coldest annealed rows (supported); at some t0, an end row below every interior row
+      (contradicted; if both happen, the verdict is "not resolved");
+    * very_hot: at some t0, P(hottest) above P(best other annealed row) (supported), at some t0
+      below it (contradicted);
     * rate_only: pairs of cells from different hot rows (beta_i <= hot_fraction beta_c) with
-      rates beta_i^(-1/t0) within a factor 1.5; Bonferroni-corrected intervals: one excluding
-      zero contradicts, all inside +-SMALL_DIFFERENCE support.
+      rates beta_i^(-1/t0) within a factor 1.5; one pair's interval excluding zero contradicts,
+      every pair's interval inside +-SMALL_DIFFERENCE supports.
     """
     from scipy.stats import norm as _norm
 
     B = [float(b) for b in B]
     T = [float(t) for t in T]
     ann = [b for b in B if b < 1]
-    tm = T[len(T) // 2]
-    p = {b: counts[(b, tm)][0] / max(counts[(b, tm)][1], 1) for b in ann}
+    z_cols = float(_norm.ppf(1 - 0.025 / len(T)))
     out = {}
     hot, cold = min(ann), max(ann)
     interior = [b for b in ann if b not in (hot, cold)]
+
+    def p(b, t):
+        k, n = counts[(b, t)]
+        return k / max(n, 1)
+
     if interior:
-        bi = min(interior, key=lambda b: p[b])
-        d1 = _d_text(*counts[(hot, tm)], *counts[(bi, tm)])
-        d2 = _d_text(*counts[(cold, tm)], *counts[(bi, tm)])
-        be = min((hot, cold), key=lambda b: p[b])
-        d3 = _d_text(*counts[(bi, tm)], *counts[(be, tm)])
-        out["sweet_spot"] = {
-            "verdict": _verdict(d1[1] > 0 and d2[1] > 0, d3[1] > 0),
-            "evidence": f"t0 = {tm:.0f}, best interior β_i = {bi:.3g}: P(hottest) − P(best) = "
-                        f"{d1[3]}, P(coldest annealed) − P(best) = {d2[3]}"}
+        sup, con = [], []
+        for t in T:
+            bi = min(interior, key=lambda b: p(b, t))
+            d1 = _d_text(*counts[(hot, t)], *counts[(bi, t)], z=z_cols)
+            d2 = _d_text(*counts[(cold, t)], *counts[(bi, t)], z=z_cols)
+            if d1[1] > 0 and d2[1] > 0:
+                sup.append((min(d1[1], d2[1]), t, bi, d1[3], d2[3]))
+            be = min((hot, cold), key=lambda b: p(b, t))
+            best_int = min(p(b, t) for b in interior)
+            dd = _d_text(*counts[(min(interior, key=lambda b: p(b, t)), t)], *counts[(be, t)],
+                         z=z_cols)
+            if p(be, t) < best_int and dd[1] > 0:
+                con.append((dd[1], t, be, dd[3]))
+        verdict = (UNRESOLVED if sup and con else SUPPORTED if sup else CONTRADICTED if con
+                   else UNRESOLVED)
+        if sup:
+            _, t, bi, t1, t2 = max(sup)
+            ev = (f"t0 = {t:.0f}, best interior β_i = {bi:.3g}: P(hottest) − P(best) = {t1}, "
+                  f"P(coldest annealed) − P(best) = {t2}")
+        elif con:
+            _, t, be, t1 = max(con)
+            ev = f"t0 = {t:.0f}: P(best interior) − P(β_i = {be:.3g}) = {t1}"
+        else:
+            ev = "at no t0 does an interval exclude zero"
+        out["sweet_spot"] = {"verdict": verdict,
+                             "evidence": ev + f" ({len(T)} t0 tested, Bonferroni-corrected)"}
     else:
         out["sweet_spot"] = {"verdict": UNTESTED, "evidence": "fewer than three annealed rows"}
     others = [b for b in ann if b != hot]
     if others:
-        bo = min(others, key=lambda b: p[b])
-        dd = _d_text(*counts[(hot, tm)], *counts[(bo, tm)])
-        out["very_hot"] = {"verdict": _verdict(dd[1] > 0, dd[2] < 0),
-                           "evidence": f"t0 = {tm:.0f}: P(β_i = {hot:.3g}) − P(β_i = {bo:.3g}, "
-                                       f"best other) = {dd[3]}"}
+        res = []
+        for t in T:
+            bo = min(others, key=lambda b: p(b, t))
+            res.append((t, bo, _d_text(*counts[(hot, t)], *counts[(bo, t)], z=z_cols)))
+        sup = [r for r in res if r[2][1] > 0]
+        con = [r for r in res if r[2][2] < 0]
+        pick = (max(sup, key=lambda r: r[2][1]) if sup else min(con, key=lambda r: r[2][2])
+                if con else max(res, key=lambda r: r[2][0]))
+        out["very_hot"] = {"verdict": (UNRESOLVED if sup and con else _verdict(bool(sup),
+                                                                                 bool(con))),
+                           "evidence": f"t0 = {pick[0]:.0f}: P(β_i = {hot:.3g}) − P(β_i = "
+                                       f"{pick[1]:.3g}, best other) = {pick[2][3]} ({len(T)} t0 "
+                                       "tested, Bonferroni-corrected)"}
     else:
         out["very_hot"] = {"verdict": UNTESTED, "evidence": "one annealed row"}
     hot_rows = [b for b in ann if b <= hot_fraction * beta_c]

@@ -33,7 +33,7 @@ def test_archived_batch_scan_matches_the_book_preset():
     assert got is not None, "the archive is missing: python -m annealvi_lib batch-scan --preset book"
     tables, prov = got
     G = get_preset("book").gmm_grid
-    assert prov["config"] == S.json_roundtrip(S.batch_scan_config(G))
+    assert prov["config"] == archive.json_roundtrip(S.batch_scan_config(G))
     assert prov["config_hash"] == archive.config_digest(prov["config"])
     assert prov["command"].startswith("python -m annealvi_lib batch-scan --preset book")
     points, runs = tables["bscan_points.csv"], tables["bscan_runs.csv"]
