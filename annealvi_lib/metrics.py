@@ -178,8 +178,10 @@ def wilson_interval(k, n, z: float = 1.96):
     z2 = z * z
     centre = (p + z2 / (2 * nn)) / (1 + z2 / nn)
     half = z * np.sqrt(p * (1 - p) / nn + z2 / (4 * nn * nn)) / (1 + z2 / nn)
-    lo = np.where(empty, 0.0, np.clip(centre - half, 0.0, 1.0))
-    hi = np.where(empty, 1.0, np.clip(centre + half, 0.0, 1.0))
+    # the interval always contains p; rounding can put a bound 1 ulp on the wrong side of it
+    # (k = n gives hi = 0.9999999999999999), which plots of p -+ error bars reject
+    lo = np.where(empty, 0.0, np.clip(np.minimum(centre - half, p), 0.0, 1.0))
+    hi = np.where(empty, 1.0, np.clip(np.maximum(centre + half, p), 0.0, 1.0))
     return lo, hi
 
 

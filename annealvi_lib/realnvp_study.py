@@ -356,7 +356,9 @@ def plot_rate(fg: FlowGrid):
         if b >= 1:
             continue
         rate = annealing_rate(b, T)
-        ax.errorbar(rate - 1, pc[i], yerr=[pc[i] - lo[i], hi[i] - pc[i]], ls="none",
+        # clipped at 0: a Wilson bound of 1 can come out as 0.9999999999999999
+        ax.errorbar(rate - 1, pc[i], yerr=np.clip([pc[i] - lo[i], hi[i] - pc[i]], 0, None),
+                    ls="none",
                     marker=ROW_MARKERS[i % len(ROW_MARKERS)], color=ROW_COLOURS[i % len(ROW_COLOURS)],
                     capsize=3, ms=6, label=rf"$\beta_i$ = {b:.3g}")
     ax.set_xscale("log")
@@ -407,7 +409,8 @@ def plot_trend(flow_rows: list[dict], gmm_rows: list[dict], cells, beta_c: float
                 continue
             x = np.array([r["d"] for r in rs], float)
             p = np.array([r["p"] for r in rs])
-            err = [p - np.array([r["lo"] for r in rs]), np.array([r["hi"] for r in rs]) - p]
+            err = np.clip([p - np.array([r["lo"] for r in rs]),
+                           np.array([r["hi"] for r in rs]) - p], 0, None)
             ax.errorbar(x, p, yerr=err, capsize=3, ms=6, label=lab, **sty)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["d"] for r in flow_rows}))
