@@ -145,9 +145,10 @@ class FlowCapacity(NamedTuple):
 
     Attributes:
       moves: number of coupling layers that rescale each coordinate, shape (d,).
-      max_log_scale: the largest |log-scale| every coordinate can reach,
-        ``min_j moves_j * MAX_LAYER_LOG_SCALE`` (nats).
-      max_log_det: the largest |log det| of the whole flow, ``sum_l |B_l| * MAX_LAYER_LOG_SCALE``.
+      max_log_scale: the volume bound per coordinate, ``min_j moves_j * MAX_LAYER_LOG_SCALE``
+        (nats; equals ``max_log_det / d`` when every coordinate is moved equally often).
+      max_log_det: the largest |log det| of the whole flow, ``sum_l |B_l| * MAX_LAYER_LOG_SCALE``
+        (a hard bound: the shifts cannot create volume).
     """
 
     moves: np.ndarray
@@ -159,8 +160,11 @@ def flow_capacity(spec: FlowSpec) -> FlowCapacity:
     """What the tanh-bounded couplings of ``spec`` can rescale (see :class:`FlowCapacity`).
 
     Layer ``l`` moves the coordinates of parity ``1 - l % 2`` with a log-scale in
-    ``(-MAX_LAYER_LOG_SCALE, MAX_LAYER_LOG_SCALE)``, so coordinate ``j`` is rescaled by at most
-    ``exp(moves_j)`` overall, whatever the shifts do.
+    ``(-MAX_LAYER_LOG_SCALE, MAX_LAYER_LOG_SCALE)``, so ``|log det| < sum_l |B_l|`` everywhere:
+    a hard bound on how much volume the flow can create, hence on its entropy,
+    ``H(q) < H(N(0, I)) + max_log_det``. (The shifts are unbounded, so composed couplings can
+    stretch a single direction further; only the volume is bounded.) ``max_log_scale`` is the
+    same bound per coordinate on average when every coordinate is moved equally often.
     """
     idx = np.arange(spec.d)
     moves = np.array([sum(1 for l in range(spec.n_layers) if j % 2 != l % 2) for j in idx])
@@ -169,10 +173,10 @@ def flow_capacity(spec: FlowSpec) -> FlowCapacity:
 
 
 def tempered_log_scale(beta) -> np.ndarray:
-    """The per-coordinate log-scale that the tempered target needs from a flow with base
-    ``N(0, I)``: orthogonally to mu*, ``pi^beta`` is exactly ``N(0, I / beta)``, a scale
-    ``beta^(-1/2)`` per coordinate, i.e. ``(1/2) ln(1/beta)`` nats (the log-det need is ``d``
-    times this)."""
+    """The log-scale per coordinate that the tempered target needs from a flow with base
+    ``N(0, I)``: orthogonally to mu*, ``pi^beta`` is exactly ``N(0, I / beta)``, whose entropy
+    exceeds the base's by ``(1/2) ln(1/beta)`` nats per coordinate; any map onto it has a mean
+    log-det of ``d`` times this (the mode structure along mu* adds a little more)."""
     return 0.5 * np.log(1.0 / np.asarray(beta, float))
 
 

@@ -348,10 +348,12 @@ def plot_rate(fg: FlowGrid):
     curve between them), legend beside the axes."""
     import matplotlib.pyplot as plt
 
-    from .collapse_plots import ROW_COLOURS, ROW_MARKERS
+    from .collapse_plots import ROW_MARKERS
 
     B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
     fig, ax = plt.subplots(figsize=(6.6, 4))
+    n_ann = int(np.sum(B < 1))
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(n_ann, 1)))   # one colour per row
     for i, b in enumerate(B):
         if b >= 1:
             continue
@@ -359,7 +361,7 @@ def plot_rate(fg: FlowGrid):
         # clipped at 0: a Wilson bound of 1 can come out as 0.9999999999999999
         ax.errorbar(rate - 1, pc[i], yerr=np.clip([pc[i] - lo[i], hi[i] - pc[i]], 0, None),
                     ls="none",
-                    marker=ROW_MARKERS[i % len(ROW_MARKERS)], color=ROW_COLOURS[i % len(ROW_COLOURS)],
+                    marker=ROW_MARKERS[i % len(ROW_MARKERS)], color=colours[i],
                     capsize=3, ms=6, label=rf"$\beta_i$ = {b:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel(r"annealing rate $\beta_i^{-1/t_0} - 1$ (per step)")
@@ -421,8 +423,11 @@ def plot_trend(flow_rows: list[dict], gmm_rows: list[dict], cells, beta_c: float
         ax.set_xlabel("dimension $d$")
         ax.set_ylim(-0.05, 1.05)
     axs[0, 0].set_ylabel("P(collapse)")
-    axs[0, 0].legend(fontsize=9, loc="best")
-    fig.tight_layout()
+    # one legend above the panels: inside a panel it would cover error bars
+    handles, labels = axs[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=9,
+               bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
@@ -659,6 +664,9 @@ CRITERIA = (("std < 1.4", "std", 1.4), ("std < 1.6 (paper)", "std", 1.6),
 #: a difference of collapse probabilities smaller than this counts as "little" (the smallest
 #: difference the powered comparisons are sized to detect)
 SMALL_DIFFERENCE = 0.15
+#: two cells have "the same rate" when their rates beta_i^(-1/t0) - 1 differ by at most this
+#: factor (the flow's collapse probability rises steeply with the rate, so the factor is tight)
+RATE_TOLERANCE = 1.1
 #: verdict labels
 SUPPORTED, CONTRADICTED, UNRESOLVED, UNTESTED = ("supported", "contradicted", "not resolved",
                                                  "not tested")
@@ -773,8 +781,11 @@ def verdicts_from_grid(counts: dict, B, T, beta_c: float, hot_fraction: float) -
     * very_hot: at some t0, P(hottest) above P(best other annealed row) (supported), at some t0
       below it (contradicted);
     * rate_only: pairs of cells from different hot rows (beta_i <= hot_fraction beta_c) with
-      rates beta_i^(-1/t0) within a factor 1.5; one pair's interval excluding zero contradicts,
-      every pair's interval inside +-SMALL_DIFFERENCE supports.
+      rates beta_i^(-1/t0) - 1 within a factor RATE_TOLERANCE; one pair's interval excluding
+      zero contradicts, every pair's interval inside +-SMALL_DIFFERENCE supports.
+
+    The best interior / best other row is picked by its point estimate at each t0; the
+    correction covers the t0 columns, not that selection.
     """
     from scipy.stats import norm as _norm
 
@@ -839,11 +850,12 @@ def verdicts_from_grid(counts: dict, B, T, beta_c: float, hot_fraction: float) -
     hot_rows = [b for b in ann if b <= hot_fraction * beta_c]
     cells = [(b, t, annealing_rate(b, t) - 1.0) for b in hot_rows for t in T]
     pairs = [(a, c) for i, a in enumerate(cells) for c in cells[i + 1:]
-             if a[0] != c[0] and max(a[2], c[2]) / min(a[2], c[2]) <= 1.5]
+             if a[0] != c[0] and max(a[2], c[2]) / min(a[2], c[2]) <= RATE_TOLERANCE]
     if not pairs:
         out["rate_only"] = {"verdict": UNTESTED,
                             "evidence": f"no two cells of different hot rows (β_i ≤ "
-                                        f"{hot_fraction:g} β_c) have rates within a factor 1.5"}
+                                        f"{hot_fraction:g} β_c) have rates within a factor "
+                                        f"{RATE_TOLERANCE:g}"}
     else:
         z = float(_norm.ppf(1 - 0.025 / len(pairs)))
         ds = [_d_text(*counts[(a[0], a[1])], *counts[(c[0], c[1])], z=z) for a, c in pairs]
