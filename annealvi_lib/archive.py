@@ -22,8 +22,8 @@ from pathlib import Path
 from . import __version__
 from .paths import repo_root
 
-__all__ = ["data_dir", "config_digest", "json_roundtrip", "current_commit", "write_archive",
-           "read_archive"]
+__all__ = ["data_dir", "config_digest", "json_roundtrip", "current_commit", "same_machine",
+           "write_archive", "read_archive"]
 
 
 def data_dir(name: str) -> Path:
@@ -62,6 +62,13 @@ def _commit() -> str:
         return head + ("+uncommitted library changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def same_machine(provenance: dict) -> bool:
+    """Whether this machine is the one that wrote the archive (same CPU model and core count):
+    only there is a recomputation expected to be bit-identical (XLA compiles for the CPU it
+    runs on, so another CPU may round differently)."""
+    return provenance.get("machine") == _machine()
 
 
 def _machine() -> str:
