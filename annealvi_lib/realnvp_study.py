@@ -646,10 +646,10 @@ def load_studies(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None
     got = read_archive(data_dir(STUDIES_ARCHIVE))
     if got is not None and got[1]["config"] == studies_config(cfg, cells):
         tables, prov = got
-        return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, prov)
-    tables = run_studies(cfg, cells, workers=workers, progress=progress)
-    # as they come back from the archive: plain numbers (the GMM rows carry a grid id)
-    return ({k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, None)
+    else:
+        tables, prov = run_studies(cfg, cells, workers=workers, progress=progress), None
+    # computed or read back, the same plain numbers
+    return {k: _numeric_rows(v, keep_str=("arm",)) for k, v in tables.items()}, prov
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,11 +697,9 @@ def cell_counts(runs: list[dict], criterion: tuple, w_star: float) -> dict:
     flags = collapsed_by(runs, criterion, w_star)
     out: dict = {}
     for r, c in zip(runs, flags):
-        k, n = out.get((r["beta_i"], r["t0"]), (0, 0))
+        k, n = out.setdefault((r["beta_i"], r["t0"]), (0, 0))
         if not r["failed"]:
             out[(r["beta_i"], r["t0"])] = (k + int(c), n + 1)
-        else:
-            out.setdefault((r["beta_i"], r["t0"]), (k, n))
     return out
 
 
@@ -810,10 +808,8 @@ def verdicts_from_grid(counts: dict, B, T, beta_c: float, hot_fraction: float) -
             if d1[1] > 0 and d2[1] > 0:
                 sup.append((min(d1[1], d2[1]), t, bi, d1[3], d2[3]))
             be = min((hot, cold), key=lambda b: p(b, t))
-            best_int = min(p(b, t) for b in interior)
-            dd = _d_text(*counts[(min(interior, key=lambda b: p(b, t)), t)], *counts[(be, t)],
-                         z=z_cols)
-            if p(be, t) < best_int and dd[1] > 0:
+            dd = _d_text(*counts[(bi, t)], *counts[(be, t)], z=z_cols)
+            if p(be, t) < p(bi, t) and dd[1] > 0:
                 con.append((dd[1], t, be, dd[3]))
         verdict = (UNRESOLVED if sup and con else SUPPORTED if sup else CONTRADICTED if con
                    else UNRESOLVED)
