@@ -26,12 +26,16 @@ __all__ = [
     "OdeCheckConfig",
     "GMMGridConfig",
     "RealNVPGridConfig",
+    "DesignConfig",
     "Preset",
     "get_preset",
     "active_preset",
 ]
 
 PRESET_NAMES = ("quick", "book", "paper")
+#: names of annealvi_lib.schedules.SCHEDULES (repeated here so that the configuration does not
+#: import JAX; a test checks that the two agree)
+SCHEDULE_NAMES = ("exp", "step", "constant", "linear_beta", "linear_temperature")
 #: Monte-Carlo sampling protocols of the GMM loss (re-exported as
 #: ``annealvi_lib.student.SAMPLINGS``; defined here so that the configuration does not import JAX).
 SAMPLINGS = ("stratified", "categorical")
@@ -219,6 +223,9 @@ class GMMGridConfig:
     n_iter_extra: int = 100
     sampler: str = "fast"
     seed: int = 0
+    # schedule family of every cell (annealvi_lib.schedules.SCHEDULES; chapter 3 uses the
+    # paper's exponential one, chapter 5 compares the others)
+    schedule: str = "exp"
     # fast-vs-exact validation: cells as (log10(beta_i R^2), t0) and seeds per cell
     validation_cells: tuple = ((-3.0, 100.0), (-2.0, 400.0), (-1.0, 800.0), (0.0, 300.0))
     validation_seeds: int = 200
@@ -249,7 +256,7 @@ class GMMGridConfig:
         _check_problem(self)
         _normalise(self, log10_beta_r2=_seq(_log10), t0s=_seq(check_t0), n_seeds=_N_SEEDS,
                    n_iter_extra=_EXTRA, sampler=lambda n, v: check_choice(n, v, ("exact", "fast")),
-                   seed=_SEED, validation_cells=_seq(_cell), validation_seeds=_N_SEEDS,
+                   seed=_SEED, schedule=lambda n, v: check_choice(n, v, SCHEDULE_NAMES), validation_cells=_seq(_cell), validation_seeds=_N_SEEDS,
                    sensitivity_cells=_seq(_cell), sensitivity_batches=_seq(_int_at_least(1)),
                    sensitivity_extras=_seq(_EXTRA), sensitivity_seeds=_N_SEEDS,
                    ode_samples=_int_range(1, 10**7), guidance_p=check_open_unit,
@@ -333,6 +340,83 @@ class RealNVPGridConfig:
         return tuple(b)
 
 
+def _target(name, v):
+    """An (R, w_star) pair: R > 0, w_star in (0, 1)."""
+    try:
+        R, w = v
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold (R, w_star) pairs, got {v!r}") from None
+    return (check_positive(f"{name} R", R), check_open_unit(f"{name} w_star", w))
+
+
+def _setting(name, v):
+    """A recommender setting (d, R, w_star, p): d >= 33, R > 0, w_star, p in (0, 1)."""
+    try:
+        d, R, w, p = v
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold (d, R, w_star, p) tuples, got {v!r}") from None
+    return (check_int_at_least(f"{name} d", d, 33), check_positive(f"{name} R", R),
+            check_open_unit(f"{name} w_star", w), check_open_unit(f"{name} p", p))
+
+
+@dataclass(frozen=True)
+class DesignConfig:
+    """Chapter 5: schedule design (families, dimension and target scaling, the recommender).
+
+    Cells are ``(log10(beta_i R^2), t0)`` pairs as in chapter 3; every run lasts ``t0 +
+    n_iter_extra`` steps; the no-annealing row runs ``vanilla_steps`` steps at beta = 1.
+    """
+
+    problem: Problem = Problem(d=512, batch=1024)
+    families: tuple = ("exp", "step", "linear_beta", "linear_temperature")
+    budgets: tuple = (200.0, 400.0, 800.0)
+    # beta_i R^2 = 10^k scanned for each family's theory-optimal beta_i
+    log10_beta_scan: tuple = tuple(-3.0 + 0.25 * k for k in range(15))
+    n_iter_extra: int = 100
+    theory_samples: int = 2048
+    family_seeds: int = 400
+    dims: tuple = (64, 256, 1024, 4096, 16384)
+    dim_cells: tuple = ((-2.0, 200.0), (-1.0, 400.0), (-1.0, 800.0))
+    dim_seeds: int = 200
+    vanilla_steps: int = 400
+    targets: tuple = ((2.0, 0.6), (2.0, 0.8), (2.0, 0.95), (3.0, 0.6), (3.0, 0.8), (3.0, 0.95),
+                      (4.0, 0.6), (4.0, 0.8), (4.0, 0.95))
+    target_cells: tuple = ((-2.0, 400.0), (-1.0, 400.0))
+    target_seeds: int = 200
+    # recommender checks: (d, R, w_star, p); its schedule family, batch and learning rate are
+    # the problem's
+    recommend_settings: tuple = ((512, 3.0, 0.8, 0.1), (1024, 3.0, 0.8, 0.05),
+                                 (256, 2.5, 0.7, 0.2), (2048, 3.5, 0.9, 0.1),
+                                 (128, 4.0, 0.85, 0.3), (768, 2.0, 0.6, 0.15),
+                                 (4096, 3.0, 0.95, 0.2))
+    recommend_schedule: str = "exp"
+    verify_seeds: int = 400
+    max_t0: float = 6400.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_problem(self)
+        fam = lambda n, v: check_choice(n, v, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:])
+        _normalise(self, families=_seq(fam), budgets=_seq(check_t0),
+                   log10_beta_scan=_seq(_log10), n_iter_extra=_EXTRA,
+                   theory_samples=_int_range(16, 10**6), family_seeds=_N_SEEDS,
+                   dims=_seq(_int_at_least(33)), dim_cells=_seq(_cell), dim_seeds=_N_SEEDS,
+                   vanilla_steps=_int_range(2, MAX_STEPS), targets=_seq(_target),
+                   target_cells=_seq(_cell), target_seeds=_N_SEEDS,
+                   recommend_settings=_seq(_setting),
+                   recommend_schedule=lambda n, v: check_choice(
+                       n, v, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:] + ("best",)),
+                   verify_seeds=_N_SEEDS, max_t0=check_t0, seed=_SEED)
+        if self.problem.d < 33:
+            raise ValueError(f"problem.d must be >= 33 (the finite-batch theory), got "
+                             f"{self.problem.d}")
+        for R, _ in self.targets + ((self.problem.R, None),):
+            for k in self.log10_beta_scan:
+                check_beta("log10_beta_scan", grid_beta(k, R**2))
+        for t0 in self.budgets + tuple(t for _, t in self.dim_cells + self.target_cells):
+            _check_run_length(t0, self.n_iter_extra)
+
+
 def _nonnegative(name, v):
     x = check_finite(name, v)
     if x < 0:
@@ -361,6 +445,7 @@ class Preset:
     ode_check: OdeCheckConfig = field(default_factory=OdeCheckConfig)
     gmm_grid: GMMGridConfig = field(default_factory=GMMGridConfig)
     realnvp_grid: RealNVPGridConfig = field(default_factory=RealNVPGridConfig)
+    design: DesignConfig = field(default_factory=DesignConfig)
 
     def __post_init__(self):
         check_choice("preset", self.name, PRESET_NAMES)
@@ -400,6 +485,9 @@ def _book() -> Preset:
             t0s=(200.0, 500.0, 1000.0, 1500.0, 2000.0),
             n_seeds=48, n_iter_extra=200, n_eval=2048, seed_chunk=25,
             trend_dims=(8, 16, 32, 64), trend_seeds=48, compare_seeds=150),
+        # chapter 5 at full size: about 20 minutes on 2 cores, so the book reads it from the
+        # archive data/schedule_design (python -m annealvi_lib design-archive)
+        design=DesignConfig(),
     )
 
 
@@ -428,6 +516,13 @@ def _quick() -> Preset:
             trend_dims=(4,), trend_cells=((1.0, 20.0), (0.0111111111111, 20.0),
                                             (0.0111111111111, 40.0), (0.351364184463, 20.0)),
             trend_seeds=2, compare_seeds=2),
+        design=DesignConfig(problem=Problem(d=64, batch=128), budgets=(60.0, 120.0),
+                            log10_beta_scan=(-2.0, -1.0, 0.0), n_iter_extra=40,
+                            theory_samples=256, family_seeds=24, dims=(64, 256),
+                            dim_cells=((-1.0, 120.0),), dim_seeds=16, vanilla_steps=100,
+                            targets=((2.0, 0.6), (3.0, 0.8)), target_cells=((-1.0, 120.0),),
+                            target_seeds=16, recommend_settings=((64, 3.0, 0.8, 0.3),),
+                            verify_seeds=24, max_t0=800.0),
     )
 
 

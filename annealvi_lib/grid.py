@@ -1,8 +1,8 @@
 """Monte-Carlo collapse grids over (beta_i, t0): run, cache, shard, merge, write CSV.
 
 A *grid* is the product of initial inverse temperatures ``beta_i`` and annealing times ``t0``
-(exponential schedule, ``n_iter = t0 + n_iter_extra`` steps), with ``n_seeds`` replicates per
-cell. Each run's key is derived from (master seed, study, beta_i, t0, replicate)
+(the exponential schedule unless ``cfg.schedule`` names another family; ``n_iter = t0 +
+n_iter_extra`` steps), with ``n_seeds`` replicates per cell. Each run's key is derived from (master seed, study, beta_i, t0, replicate)
 (:mod:`annealvi_lib.seeding`), so results never depend on chunking, sharding or ordering.
 
 Bit-identical by construction: every run goes through one compiled program of a fixed shape,
@@ -59,7 +59,7 @@ from ._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, 
                         check_shard, check_t0)
 from .config import GMMGridConfig, RealNVPGridConfig
 from .paths import cache_dir as default_cache_dir
-from .schedules import exp_schedule
+from .schedules import SCHEDULES
 from .seeding import cell_id, lanes, padded_blocks, run_keys
 from .metrics import wilson_interval
 from .student import Hyper, classify_collapse, variance_limit
@@ -158,6 +158,8 @@ def config_hash(study: str, cfg, **extra) -> str:
               "stochastic_samples", "bscan_log10", "bscan_t0s", "bscan_batches", "bscan_seeds",
               "trend_dims", "trend_cells", "trend_seeds", "compare_seeds"):
         d.pop(k, None)
+    if d.get("schedule") == "exp":    # results of the paper's schedule keep their identity
+        d.pop("schedule")
     payload = json.dumps({"study": study, "cfg": d, "extra": extra, "version": __version__,
                           "source": _source_hash(study)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -183,7 +185,8 @@ def _source_hash(study: str) -> str:
 # GMM cells: one compiled function per n_iter; beta_i (and t0) are traced, seeds are vmapped.
 # --------------------------------------------------------------------------------------------
 
-def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler):
+def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler,
+              schedule="exp"):
     """Final statistics of many runs (one per key) of the GMM student; vmapped, jit-compiled."""
     from . import reduced, student   # local import: reduced imports student
     from .targets import Target
@@ -193,9 +196,9 @@ def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler
 
     def one(key, beta_i, t0):
         k_init, k_noise = jax.random.split(key)
-        schedule = partial(exp_schedule, beta_i=beta_i, t0=t0)
-        var0 = 1.0 / beta_i
-        betas = schedule(jnp.arange(n_iter + 1))
+        beta_of_t = partial(SCHEDULES[schedule], beta_i=beta_i, t0=t0)
+        var0 = 1.0 / beta_i         # = 1 / beta(0) for every family (constant: use beta_i = 1)
+        betas = beta_of_t(jnp.arange(n_iter + 1))
         if sampler == "fast":
             state0 = reduced.init_reduced(k_init, target, var0)
             final, lo, hi = reduced.run_with_range(k_noise, state0, target, betas, hyper)
@@ -211,7 +214,7 @@ def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler
 
 
 _gmm_runs_jit = jax.jit(_gmm_runs, static_argnames=("target_d", "R", "w_star", "n_iter",
-                                                      "hyper", "sampler"))
+                                                      "hyper", "sampler", "schedule"))
 
 
 def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], master_seed: int,
@@ -233,13 +236,17 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
     width = lanes(n, MAX_LANES[sampler])
     result = {}
     for beta_i, _ in cells:
-        keys = run_keys(master_seed, ("gmm", beta_i, t0), np.arange(n))
+        # the exponential schedule keeps the keys it had before other families existed
+        cell_key = (("gmm", beta_i, t0) if cfg.schedule == "exp" else
+                    ("gmm", cfg.schedule, beta_i, t0))
+        keys = run_keys(master_seed, cell_key, np.arange(n))
         outs = []
         for idx, keep in padded_blocks(n, width):
             with fast_threefry():
                 res = _gmm_runs_jit(keys[idx], jnp.full(width, beta_i, jnp.float32),
                                     jnp.full(width, t0, jnp.float32), target_d=p.d, R=p.R,
-                                    w_star=p.w_star, n_iter=n_iter, hyper=hyper, sampler=sampler)
+                                    w_star=p.w_star, n_iter=n_iter, hyper=hyper, sampler=sampler,
+                                    schedule=cfg.schedule)
             outs.append(np.stack([np.asarray(a) for a in res], axis=-1)[:keep])
             if on_block is not None:
                 on_block(keep * n_iter)
