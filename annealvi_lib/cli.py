@@ -1,4 +1,5 @@
-"""Command line: ``python -m annealvi_lib {grid,merge,figures,theory,batch-scan,realnvp-archive} ...``.
+"""Command line: ``python -m annealvi_lib {grid,merge,figures,theory,batch-scan,realnvp-archive,
+recommend,design-archive} ...``.
 
 Bad arguments exit with status 2 and a one-line message naming the option.
 """
@@ -149,6 +150,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--workers", type=int, default=1, help="local worker processes")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    c = sub.add_parser("recommend", formatter_class=fmt,
+                       help="recommend an annealing schedule for a target collapse probability",
+                       description="The shortest schedule whose collapse probability, predicted "
+                                   "by the finite-batch theory of chapter 3, is at most --p (two "
+                                   "standard errors of margin); prints every theory's prediction "
+                                   "and, with --verify N, N Monte-Carlo runs of the reduced "
+                                   "sampler with a 95 % Wilson interval. A --p that no schedule "
+                                   "up to --max-t0 reaches prints the best achievable one and "
+                                   "exits with status 2.")
+    c.add_argument("--d", type=int, required=True, help="dimension (>= 33)")
+    c.add_argument("--R", type=float, required=True, help="mode distance (> 0)")
+    c.add_argument("--w-star", type=float, required=True, help="heavy-mode weight in (0.5, 1)")
+    c.add_argument("--p", type=float, required=True, help="target collapse probability in (0, 1)")
+    c.add_argument("--schedule", default="exp",
+                   choices=["exp", "step", "linear_beta", "linear_temperature", "best"],
+                   help="schedule family ('best': the best of the four)")
+    c.add_argument("--batch", type=int, default=1024,
+                   help="Monte-Carlo batch B (samples per component, stratified)")
+    c.add_argument("--lr", type=float, default=0.05, help="learning rate eta (> 0)")
+    c.add_argument("--max-t0", type=float, default=6400.0,
+                   help="longest annealing time considered (steps, >= 25)")
+    c.add_argument("--verify", type=int, default=None, metavar="N",
+                   help="check with N Monte-Carlo runs (default: no check)")
+    c.add_argument("--seed", type=int, default=0, help="master seed of the theory and the check")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--workers", type=int, default=1, help="local worker processes")
+
+    a = sub.add_parser("design-archive", formatter_class=fmt,
+                       help="run and archive chapter 5 (schedule design)",
+                       description="Run chapter 5's theory scans and Monte Carlo (families, "
+                                   "dimensions, targets, recommender checks) from scratch and "
+                                   "write them with provenance.json into --out (the book reads "
+                                   "data/schedule_design).")
+    a.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--workers", type=int, default=1, help="local worker processes")
+    a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
 
 
@@ -397,12 +436,103 @@ def _cmd_realnvp_archive(args) -> int:
     return 0
 
 
+def _check_recommend_args(args) -> None:
+    """Every option of ``recommend`` with its command-line name and allowed range (exit 2)."""
+    from ._validate import MAX_SEED, check_int_at_least, check_int_range
+
+    check_int_at_least("--d", args.d, 33)
+    if not (math.isfinite(args.R) and args.R > 0):
+        raise ValueError(f"--R must be a finite number > 0, got {args.R!r}")
+    if not (math.isfinite(args.w_star) and 0.5 < args.w_star < 1):
+        raise ValueError(f"--w-star must lie in (0.5, 1), got {args.w_star!r}")
+    if not (math.isfinite(args.p) and 0 < args.p < 1):
+        raise ValueError(f"--p must lie in (0, 1), got {args.p!r}")
+    check_int_range("--batch", args.batch, 1, 10**6)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr!r}")
+    if not (math.isfinite(args.max_t0) and 25 <= args.max_t0 <= 10**5):
+        raise ValueError(f"--max-t0 must lie in [25, 100000] steps, got {args.max_t0!r}")
+    if args.verify is not None:
+        check_int_range("--verify", args.verify, 1, 10**5)
+    check_int_range("--seed", args.seed, 0, MAX_SEED)
+    check_int_at_least("--workers", args.workers, 1)
+
+
+def _cmd_recommend(args) -> int:
+    import json
+
+    from .plotting import SCHEDULE_LABELS
+    from .schedule_design import BEST_THEORY, recommend, verify
+
+    _check_recommend_args(args)
+    say = None if args.json else (lambda m: print(f"[annealvi] finite-batch theory: {m}",
+                                                  file=sys.stderr, flush=True))
+    rec = recommend(args.p, d=args.d, R=args.R, w_star=args.w_star, schedule=args.schedule,
+                    batch=args.batch, lr=args.lr, max_t0=args.max_t0, seed=args.seed,
+                    progress=say)
+    out = {"status": rec.status, "schedule": rec.schedule, "beta_i": rec.beta_i, "t0": rec.t0,
+           "n_iter": rec.n_iter, "p_target": rec.p_target, "p_predicted": rec.p_predicted,
+           "p_predicted_se": {BEST_THEORY: rec.p_se}, "p_vanilla": rec.p_vanilla}
+    if args.verify is not None:
+        mc = verify(rec, args.verify, seed=args.seed, workers=args.workers, progress=False)
+        out.update({k: mc[k] for k in ("p_mc", "ci_low", "ci_high", "n_runs", "n_failed")})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        label = SCHEDULE_LABELS.get(rec.schedule, rec.schedule).replace("$\\beta$", "beta")
+        if rec.status == "not_needed":
+            print(f"no annealing needed: without annealing the predicted collapse probability "
+                  f"is {rec.p_vanilla:.3f} <= p = {rec.p_target:g} (n_iter = {rec.n_iter} steps "
+                  "at beta = 1)")
+        else:
+            head = ("recommended" if rec.status == "anneal" else
+                    "best achievable (p not reached)")
+            print(f"{head}: {label} schedule from beta_i = {rec.beta_i:.4g} over t0 = {rec.t0} "
+                  f"steps (n_iter = {rec.n_iter} steps in total)")
+        print(f"predicted collapse probability (target p = {rec.p_target:g}):")
+        for name, v in rec.p_predicted.items():
+            extra = (f" +- {rec.p_se:.3f} (chooses the schedule)" if name == BEST_THEORY else "")
+            print(f"  {name:<24s} {v:.3f}{extra}")
+        if rec.status != "not_needed":
+            print(f"without annealing (finite-batch theory): {rec.p_vanilla:.3f}")
+        if args.verify is not None:
+            print(f"Monte Carlo ({out['n_runs']} runs, reduced sampler): P = {out['p_mc']:.3f} "
+                  f"[{out['ci_low']:.3f}, {out['ci_high']:.3f}] (95 % Wilson), "
+                  f"{out['n_failed']} failed")
+    if rec.status == "unreachable":
+        print(f"python -m annealvi_lib recommend: error: --p = {args.p:g} is below what any "
+              f"{args.schedule} schedule with t0 <= {args.max_t0:g} reaches (best achievable "
+              f"{rec.p_predicted[BEST_THEORY]:.3f}, printed above); raise --p or --max-t0",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_design_archive(args) -> int:
+    from ._validate import check_int_at_least
+    from .schedule_design import write_design_archive
+
+    check_int_at_least("--workers", args.workers, 1)
+    cfg = get_preset(args.preset).design
+    out = _check_out_dir("--out", args.out, writable=True)
+    print(f"[annealvi] schedule design, preset {args.preset}: {len(cfg.families)} families x "
+          f"{len(cfg.budgets)} budgets, d in {cfg.dims}, {len(cfg.targets)} targets, "
+          f"{len(cfg.recommend_settings)} recommender checks", file=sys.stderr)
+    command = (f"python -m annealvi_lib design-archive --preset {args.preset} --out {args.out} "
+               f"--workers {args.workers}")
+    folder = write_design_archive(cfg, out, workers=args.workers, command=command,
+                                  progress=False if args.no_progress else None)
+    print(f"[annealvi] wrote {folder}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"grid": _cmd_grid, "merge": _cmd_merge, "figures": _cmd_figures,
                "theory": _cmd_theory, "batch-scan": _cmd_batch_scan,
-               "realnvp-archive": _cmd_realnvp_archive}[args.command]
+               "realnvp-archive": _cmd_realnvp_archive, "recommend": _cmd_recommend,
+               "design-archive": _cmd_design_archive}[args.command]
     try:
         return handler(args)
     except ValueError as exc:          # a user error: bad option or input file

@@ -134,8 +134,8 @@ def _load_chapter_modules() -> None:
                 raise
 
 
-#: library modules (relative names) that define ``@register``-ed figures of chapters 2-4
-_CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "ode_study", "realnvp_study")
+#: library modules (relative names) that define ``@register``-ed figures of chapters 2-5
+_CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "ode_study", "realnvp_study", "schedule_design")
 
 
 # --------------------------------------------------------------------------------------------
