@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, default=0.05, help="learning rate eta (> 0)")
     c.add_argument("--max-t0", type=float, default=6400.0,
                    help="longest annealing time considered (steps, >= 25)")
+    c.add_argument("--n-iter-extra", type=int, default=100,
+                   help="steps after t0 before a run is classified (>= 0)")
     c.add_argument("--verify", type=int, default=None, metavar="N",
                    help="check with N Monte-Carlo runs (default: no check)")
     c.add_argument("--seed", type=int, default=0, help="master seed of the theory and the check")
@@ -454,6 +456,7 @@ def _check_recommend_args(args) -> None:
         raise ValueError(f"--max-t0 must lie in [25, 100000] steps, got {args.max_t0!r}")
     if args.verify is not None:
         check_int_range("--verify", args.verify, 1, 10**5)
+    check_int_range("--n-iter-extra", args.n_iter_extra, 0, 10**5)
     check_int_range("--seed", args.seed, 0, MAX_SEED)
     check_int_at_least("--workers", args.workers, 1)
 
@@ -469,7 +472,7 @@ def _cmd_recommend(args) -> int:
                                                   file=sys.stderr, flush=True))
     rec = recommend(args.p, d=args.d, R=args.R, w_star=args.w_star, schedule=args.schedule,
                     batch=args.batch, lr=args.lr, max_t0=args.max_t0, seed=args.seed,
-                    progress=say)
+                    n_iter_extra=args.n_iter_extra, progress=say)
     out = {"status": rec.status, "schedule": rec.schedule, "beta_i": rec.beta_i, "t0": rec.t0,
            "n_iter": rec.n_iter, "p_target": rec.p_target, "p_predicted": rec.p_predicted,
            "p_predicted_se": {BEST_THEORY: rec.p_se}, "p_vanilla": rec.p_vanilla}

@@ -415,6 +415,9 @@ class DesignConfig:
                 check_beta("log10_beta_scan", grid_beta(k, R**2))
         for t0 in self.budgets + tuple(t for _, t in self.dim_cells + self.target_cells):
             _check_run_length(t0, self.n_iter_extra)
+        if self.vanilla_steps <= self.n_iter_extra:
+            raise ValueError(f"vanilla_steps must be > n_iter_extra = {self.n_iter_extra}, got "
+                             f"{self.vanilla_steps}")
 
 
 def _nonnegative(name, v):
@@ -517,9 +520,9 @@ def _quick() -> Preset:
                                             (0.0111111111111, 40.0), (0.351364184463, 20.0)),
             trend_seeds=2, compare_seeds=2),
         design=DesignConfig(problem=Problem(d=64, batch=128), budgets=(60.0, 120.0),
-                            log10_beta_scan=(-2.0, -1.0, 0.0), n_iter_extra=40,
+                            log10_beta_scan=(-2.0, -1.0, 0.0), n_iter_extra=100,
                             theory_samples=256, family_seeds=24, dims=(64, 256),
-                            dim_cells=((-1.0, 120.0),), dim_seeds=16, vanilla_steps=100,
+                            dim_cells=((-1.0, 120.0),), dim_seeds=16, vanilla_steps=200,
                             targets=((2.0, 0.6), (3.0, 0.8)), target_cells=((-1.0, 120.0),),
                             target_seeds=16, recommend_settings=((64, 3.0, 0.8, 0.3),),
                             verify_seeds=24, max_t0=800.0),
