@@ -350,13 +350,19 @@ def _target(name, v):
 
 
 def _setting(name, v):
-    """A recommender setting (d, R, w_star, p): d >= 33, R > 0, w_star, p in (0, 1)."""
+    """A recommender setting (d, R, w_star, p, schedule): d >= 33, R > 0, w_star in (0.5, 1),
+    p in (0, 1), schedule a family or ``best``."""
     try:
-        d, R, w, p = v
+        d, R, w, p, sched = v
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must hold (d, R, w_star, p) tuples, got {v!r}") from None
-    return (check_int_at_least(f"{name} d", d, 33), check_positive(f"{name} R", R),
-            check_open_unit(f"{name} w_star", w), check_open_unit(f"{name} p", p))
+        raise ValueError(f"{name} must hold (d, R, w_star, p, schedule) tuples, got {v!r}") from None
+    w = check_open_unit(f"{name} w_star", w)
+    if w <= 0.5:
+        raise ValueError(f"{name} w_star must lie in (0.5, 1), got {w!r}")
+    return (check_int_at_least(f"{name} d", d, 33), check_positive(f"{name} R", R), w,
+            check_open_unit(f"{name} p", p),
+            check_choice(f"{name} schedule", sched, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:]
+                         + ("best",)))
 
 
 @dataclass(frozen=True)
@@ -383,13 +389,13 @@ class DesignConfig:
                       (4.0, 0.6), (4.0, 0.8), (4.0, 0.95))
     target_cells: tuple = ((-2.0, 400.0), (-1.0, 400.0))
     target_seeds: int = 200
-    # recommender checks: (d, R, w_star, p); its schedule family, batch and learning rate are
-    # the problem's
-    recommend_settings: tuple = ((512, 3.0, 0.8, 0.1), (1024, 3.0, 0.8, 0.05),
-                                 (256, 2.5, 0.7, 0.2), (2048, 3.5, 0.9, 0.1),
-                                 (128, 4.0, 0.85, 0.3), (768, 2.0, 0.6, 0.15),
-                                 (4096, 3.0, 0.95, 0.2))
-    recommend_schedule: str = "exp"
+    # recommender checks: (d, R, w_star, p, schedule family or "best"); batch and learning
+    # rate are the problem's
+    recommend_settings: tuple = ((512, 3.0, 0.8, 0.1, "exp"), (1024, 3.0, 0.8, 0.05, "exp"),
+                                 (256, 2.5, 0.7, 0.2, "step"), (2048, 3.5, 0.9, 0.1, "best"),
+                                 (128, 4.0, 0.85, 0.3, "linear_temperature"),
+                                 (768, 2.0, 0.6, 0.15, "linear_beta"),
+                                 (4096, 3.0, 0.95, 0.2, "exp"), (512, 3.0, 0.8, 0.02, "best"))
     verify_seeds: int = 400
     max_t0: float = 6400.0
     seed: int = 0
@@ -404,8 +410,6 @@ class DesignConfig:
                    vanilla_steps=_int_range(2, MAX_STEPS), targets=_seq(_target),
                    target_cells=_seq(_cell), target_seeds=_N_SEEDS,
                    recommend_settings=_seq(_setting),
-                   recommend_schedule=lambda n, v: check_choice(
-                       n, v, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:] + ("best",)),
                    verify_seeds=_N_SEEDS, max_t0=check_t0, seed=_SEED)
         if self.problem.d < 33:
             raise ValueError(f"problem.d must be >= 33 (the finite-batch theory), got "
@@ -524,7 +528,7 @@ def _quick() -> Preset:
                             theory_samples=256, family_seeds=24, dims=(64, 256),
                             dim_cells=((-1.0, 120.0),), dim_seeds=16, vanilla_steps=200,
                             targets=((2.0, 0.6), (3.0, 0.8)), target_cells=((-1.0, 120.0),),
-                            target_seeds=16, recommend_settings=((64, 3.0, 0.8, 0.3),),
+                            target_seeds=16, recommend_settings=((64, 3.0, 0.8, 0.3, "exp"),),
                             verify_seeds=24, max_t0=800.0),
     )
 

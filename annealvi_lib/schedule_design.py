@@ -392,7 +392,7 @@ def validity(rows: list[dict], theories=THEORIES, z_max: float = VALID_Z) -> lis
 # the recommender
 # --------------------------------------------------------------------------------------------
 
-#: annealing times tried by the recommender: a geometric ladder (ratio sqrt 2) from this value
+#: annealing times tried by the recommender: a geometric ladder (ratio 2) from this value
 _LADDER_START = 25.0
 #: the recommender asks the finite-batch theory for p_hat + SAFETY_Z se <= p
 SAFETY_Z = 2.0
@@ -429,8 +429,8 @@ class Recommendation(NamedTuple):
 
 
 def _ladder(max_t0: float) -> np.ndarray:
-    n = int(math.floor(2.0 * math.log2(max_t0 / _LADDER_START))) + 1
-    t = np.unique(np.round(_LADDER_START * np.sqrt(2.0) ** np.arange(max(n, 1))))
+    n = int(math.floor(math.log2(max_t0 / _LADDER_START))) + 1
+    t = np.unique(np.round(_LADDER_START * 2.0 ** np.arange(max(n, 1))))
     t = t[t <= max_t0]
     return t if t.size and t[-1] == max_t0 else np.append(t, float(max_t0))
 
@@ -444,10 +444,12 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     finite-batch collapse probability is at most ``p_target`` with a margin of
     :data:`SAFETY_Z` standard errors.
 
-    Search: for t0 on a geometric ladder (ratio sqrt 2 from 25 steps up to ``max_t0``), the
+    Search: for t0 on a geometric ladder (ratio 2 from 25 steps up to ``max_t0``), the
     finite-batch theory on every family x scanned ``beta_i R^2 = 10^k``; at the first rung where
-    some cell qualifies, the shortest qualifying t0 between the previous rung and this one (eight
-    points) at that cell's beta_i. The answer's probabilities come from every theory, the
+    some cell qualifies, the shortest qualifying t0 among eight equally spaced points between the
+    previous rung and this one, at that cell's beta_i (so t0 is within 1/8 of the rung spacing
+    of the shortest). Every call runs the same number of cells over a power-of-two number of
+    steps, so the rungs share a few compiled programs. The answer's probabilities come from every theory, the
     finite-batch one with 4096 runs.
 
     Args:
@@ -481,11 +483,24 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     betas = betas[betas <= 1.0]
     key = _key(seed, 5)
 
+    width = betas.size + 1
+
     def fb(fam, b, t, n):
+        """Finite-batch P and se at cells (b, t), run as ``width`` cells over a number of steps
+        rounded up to a power of two (a padding cell runs that long), so that the rungs of the
+        ladder share a few compiled programs instead of compiling one each."""
+        b, t = np.broadcast_arrays(np.asarray(b, float), np.asarray(t, float))
+        k = b.size
+        steps = np.ceil(t) + n_iter_extra
+        T = 2 ** int(math.ceil(math.log2(max(steps.max(), 2))))
+        pad = width - k
+        bb = np.concatenate([b, np.full(pad, b[-1])])
+        tt = np.concatenate([t, np.full(pad, t[-1])])
+        nn = np.concatenate([steps, np.full(pad, T)]).astype(int)
         st = C.stochastic_collapse_probability(
-            b, t, d=d, R=R, w_star=w_star, lr=lr, batch=batch, sampling=sampling, key=key,
-            n_extra=n_iter_extra, n_samples=n)
-        return np.asarray(st.p, float), np.asarray(st.se, float)
+            bb, tt, d=d, R=R, w_star=w_star, lr=lr, batch=batch, sampling=sampling, key=key,
+            n_iter=nn, n_samples=n, schedule=fam)
+        return np.asarray(st.p, float)[:k], np.asarray(st.se, float)[:k]
 
     def answer(status, fam, b, t0):
         sched = "constant" if status == "not_needed" else fam
@@ -519,7 +534,7 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
         if found:
             _, fam, b = min(found, key=lambda f: f[0])
             lo = max(prev, _LADDER_START / 2)
-            fine = np.unique(np.ceil(np.linspace(lo, t0, 9)[1:]))
+            fine = np.unique(np.ceil(np.linspace(lo, t0, 9)[1:]))[: width - 1]
             p, se = fb(fam, np.full(fine.shape, b), fine, _SEARCH_SAMPLES)
             ok = np.nonzero(p + SAFETY_Z * se <= p_target)[0]
             t_pick = fine[ok[0]] if ok.size else t0
@@ -553,20 +568,21 @@ def verify(rec: Recommendation, n_seeds: int, *, seed: int = 0, workers: int = 1
 
 def recommend_table(cfg: DesignConfig, workers: int = 1, cache=None,
                     progress: bool | None = None) -> list[dict]:
-    """The recommender on every setting of ``cfg.recommend_settings`` (the problem's batch,
-    learning rate and sampling; ``cfg.recommend_schedule``), each checked with
-    ``cfg.verify_seeds`` Monte-Carlo runs."""
+    """The recommender on every setting ``(d, R, w_star, p, schedule)`` of
+    ``cfg.recommend_settings`` (the problem's batch, learning rate and sampling), each checked
+    with ``cfg.verify_seeds`` Monte-Carlo runs."""
     rows = []
-    for d, R, w, p in cfg.recommend_settings:
+    for d, R, w, p, family in cfg.recommend_settings:
         t = time.perf_counter()
-        rec = recommend(p, d=int(d), R=R, w_star=w, schedule=cfg.recommend_schedule,
+        rec = recommend(p, d=int(d), R=R, w_star=w, schedule=family,
                         batch=cfg.problem.batch, lr=cfg.problem.lr,
                         sampling=cfg.problem.sampling, max_t0=cfg.max_t0,
                         n_iter_extra=cfg.n_iter_extra, seed=cfg.seed)
         t_rec = time.perf_counter() - t
         mc = verify(rec, cfg.verify_seeds, seed=cfg.seed, workers=workers, cache=cache,
                     progress=progress)
-        rows.append({"d": int(d), "R": R, "w_star": w, "p_target": p, "status": rec.status,
+        rows.append({"d": int(d), "R": R, "w_star": w, "p_target": p, "asked": family,
+                     "status": rec.status,
                      "schedule": rec.schedule, "beta_i": rec.beta_i, "t0": rec.t0,
                      "n_iter": rec.n_iter, **rec.p_predicted, "finite-batch se": rec.p_se,
                      "p_vanilla": rec.p_vanilla, "seconds": round(t_rec, 1), **mc})
@@ -579,7 +595,7 @@ def recommend_table(cfg: DesignConfig, workers: int = 1, cache=None,
 
 DESIGN_ARCHIVE = "schedule_design"
 _TABLES = ("scan.csv", "families.csv", "dimensions.csv", "targets.csv", "recommend.csv")
-_TEXT = ("family", "schedule", "status")
+_TEXT = ("family", "schedule", "status", "asked")
 
 
 def design_config(cfg: DesignConfig) -> dict:
