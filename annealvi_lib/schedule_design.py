@@ -45,7 +45,7 @@ __all__ = ["THEORIES", "BEST_THEORY", "HOLD_FRACTION", "predict", "closed_form_b
            "theory_scan", "optimal_points", "mc_points", "family_table", "family_ranking",
            "theory_ranking", "similarity", "isotonic", "collapse_fit", "dimension_table",
            "target_table", "validity", "Recommendation", "recommend", "verify",
-           "recommend_table", "DESIGN_ARCHIVE", "design_config", "run_design",
+           "recommend_table", "variance_relaxation_steps", "DESIGN_ARCHIVE", "design_config", "run_design",
            "write_design_archive", "load_design"]
 
 #: theories in reading order; the last is chapter 3's best (the recommender uses it)
@@ -564,6 +564,21 @@ def verify(rec: Recommendation, n_seeds: int, *, seed: int = 0, workers: int = 1
     f = _mc_fields(row)
     return {"p_mc": f["p_mc"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
             "n_runs": f["n_runs"], "n_failed": f["n_failed"], "k": f["k"], "n": f["n"]}
+
+
+def variance_relaxation_steps(beta_i: float, lr: float = 0.05, factor: float = 2.0) -> int:
+    """Steps after which a variance started at ``1 / beta_i`` is within ``factor`` of its
+    equilibrium 1 when beta = 1 from the first step: the simulation's variance map
+    ``v <- v (1 - lr w (1 - 1/(beta v)))^2`` with w = 1/2 (the map of
+    :func:`annealvi_lib.collapse.lagged_annealing_exponent`). While the variance is large the
+    student is effectively hot whatever beta is: the paper's initialisation anneals by itself."""
+    check_positive("beta_i", beta_i)
+    check_positive("factor", factor)
+    v, t = 1.0 / beta_i, 0
+    while v > factor and t < 10**6:
+        v *= (1.0 - lr * 0.5 * (1.0 - 1.0 / v)) ** 2
+        t += 1
+    return t
 
 
 def recommend_table(cfg: DesignConfig, workers: int = 1, cache=None,

@@ -80,6 +80,18 @@ def test_similarity_variable_reproduces_the_closed_form():
     np.testing.assert_allclose(erf(xc), Pc, rtol=1e-10)
 
 
+@pytest.mark.parametrize("change, name", [
+    (dict(recommend_settings=((512, 3.0, 0.8, 0.1),)), "recommend_settings"),
+    (dict(recommend_settings=((512, 3.0, 0.4, 0.1, "exp"),)), "w_star"),
+    (dict(recommend_settings=((20, 3.0, 0.8, 0.1, "exp"),)), "recommend_settings d"),
+    (dict(recommend_settings=((512, 3.0, 0.8, 0.1, "cosine"),)), "schedule"),
+    (dict(families=("exp", "constant")), "families"), (dict(dims=(16,)), "dims"),
+    (dict(vanilla_steps=50), "vanilla_steps"), (dict(targets=((0.0, 0.8),)), "targets R")])
+def test_design_config_rejects_bad_fields_naming_them(change, name):
+    with pytest.raises(ValueError, match=name):
+        DesignConfig(**change)
+
+
 # ----------------------------------------------------------------------------- one curve
 
 def test_isotonic_fit_is_the_weighted_monotone_least_squares_fit():
@@ -267,6 +279,8 @@ def test_archive_is_the_book_preset_study():
     assert len(tables["targets.csv"]) == len(BOOK.targets) * (len(BOOK.target_cells) + 1)
     recs = tables["recommend.csv"]
     assert len(recs) == len(BOOK.recommend_settings) >= 6
+    assert [(int(float(r["d"])), float(r["p_target"]), r["asked"]) for r in recs] == \
+        [(d, p, sched) for d, _, _, p, sched in BOOK.recommend_settings]
     for r in recs:
         assert int(r["n_runs"]) == BOOK.verify_seeds
         k, n = int(float(r["k"])), int(float(r["n"]))
