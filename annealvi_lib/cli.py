@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, default=0.05, help="learning rate eta (> 0)")
     c.add_argument("--max-t0", type=float, default=6400.0,
                    help="longest annealing time considered (steps, >= 25)")
-    c.add_argument("--n-iter-extra", type=int, default=100,
-                   help="steps after t0 before a run is classified (>= 0)")
+    c.add_argument("--n-iter-extra", type=int, default=500,
+                   help="steps at beta = 1 after t0 before a run is classified (>= 0; long "
+                        "enough for the runs to settle)")
     c.add_argument("--verify", type=int, default=None, metavar="N",
                    help="check with N Monte-Carlo runs (default: no check)")
     c.add_argument("--seed", type=int, default=0, help="master seed of the theory and the check")
@@ -475,10 +476,12 @@ def _cmd_recommend(args) -> int:
                     n_iter_extra=args.n_iter_extra, progress=say)
     out = {"status": rec.status, "schedule": rec.schedule, "beta_i": rec.beta_i, "t0": rec.t0,
            "n_iter": rec.n_iter, "p_target": rec.p_target, "p_predicted": rec.p_predicted,
-           "p_predicted_se": {BEST_THEORY: rec.p_se}, "p_vanilla": rec.p_vanilla}
+           "p_predicted_se": {BEST_THEORY: rec.p_se},
+           "p_undecided": {BEST_THEORY: rec.undecided}, "p_vanilla": rec.p_vanilla}
     if args.verify is not None:
         mc = verify(rec, args.verify, seed=args.seed, workers=args.workers, progress=False)
         out.update({k: mc[k] for k in ("p_mc", "ci_low", "ci_high", "n_runs", "n_failed")})
+        out["undecided_mc"] = mc["undecided"]
     if args.json:
         print(json.dumps(out))
     else:
@@ -501,7 +504,7 @@ def _cmd_recommend(args) -> int:
         if args.verify is not None:
             print(f"Monte Carlo ({out['n_runs']} runs, reduced sampler): P = {out['p_mc']:.3f} "
                   f"[{out['ci_low']:.3f}, {out['ci_high']:.3f}] (95 % Wilson), "
-                  f"{out['n_failed']} failed")
+                  f"{out['n_failed']} failed, {out['undecided_mc']:.0%} not settled when stopped")
     if rec.status == "unreachable":
         print(f"python -m annealvi_lib recommend: error: --p = {args.p:g} is below what any "
               f"{args.schedule} schedule with t0 <= {args.max_t0:g} reaches (best achievable "

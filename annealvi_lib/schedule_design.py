@@ -83,7 +83,8 @@ def predict(problem: Problem, schedule: str, beta_i, t0, *, n_iter_extra: int, n
         ``n_iter`` is given). n_samples: simulated runs per cell of the propagated theories.
       key: PRNG key of the propagated theories (the same draws for every cell).
     Returns:
-      ``{theory: P}`` plus ``"finite-batch se"`` when the finite-batch theory is included.
+      ``{theory: P}`` plus ``"finite-batch se"`` and ``"finite-batch undecided"`` (fraction of
+      its runs with final ``|s| < 0.9``, not settled) when the finite-batch theory is included.
     """
     b, t = np.broadcast_arrays(np.asarray(beta_i, float), np.asarray(t0, float))
     kw = dict(d=problem.d, R=problem.R, w_star=problem.w_star, lr=problem.lr)
@@ -112,6 +113,7 @@ def predict(problem: Problem, schedule: str, beta_i, t0, *, n_iter_extra: int, n
         st = C.stochastic_collapse_probability(b, t, batch=problem.batch,
                                                sampling=problem.sampling, **prop)
         out["finite-batch"], out["finite-batch se"] = st.p, st.se
+        out["finite-batch undecided"] = st.undecided
     return {k: np.asarray(v, float) for k, v in out.items()}
 
 
@@ -165,20 +167,29 @@ def mc_points(problem: Problem, schedule: str, cells, *, n_seeds: int, n_iter_ex
               seed: int = 0, workers: int = 1, cache=None, progress: bool | None = None):
     """Monte Carlo (reduced sampler) of the cells ``[(beta_i, t0), ...]`` under one schedule
     family: one summary row per cell (``n_runs``, ``n_collapsed``, ``n_failed``, ``p_collapse``,
-    ``ci_low``, ``ci_high``), in the order of ``cells``."""
+    ``ci_low``, ``ci_high`` and ``n_undecided``: finished runs whose final ``|s| <``
+    :data:`~annealvi_lib.collapse_plots.SETTLED_S`, not yet settled), in the order of ``cells``."""
+    from .collapse_plots import SETTLED_S
+
     cfg = GMMGridConfig(problem=problem, log10_beta_r2=(0.0,), t0s=(100.0,), n_seeds=n_seeds,
                         n_iter_extra=n_iter_extra, schedule=schedule, seed=seed,
                         validation_cells=((0.0, 100.0),), sensitivity_cells=((0.0, 100.0),))
-    res = run_grid("gmm", cfg, cells=[(float(b), float(t)) for b, t in cells], workers=workers,
-                   cache=cache, progress=progress)
-    return res.summary
+    cells = [(float(b), float(t)) for b, t in cells]
+    res = run_grid("gmm", cfg, cells=cells, workers=workers, cache=cache, progress=progress)
+    out = []
+    for row in res.summary:
+        runs = [r for r in res.runs if (r["beta_i"], r["t0"]) == (row["beta_i"], row["t0"])]
+        und = sum(1 for r in runs if not r["failed"] and abs(r["s"]) < SETTLED_S)
+        out.append({**row, "n_undecided": und})
+    return out
 
 
 def _mc_fields(row: dict) -> dict:
     n = int(row["n_runs"]) - int(row["n_failed"])
     return {"n_runs": int(row["n_runs"]), "n_failed": int(row["n_failed"]),
             "k": int(row["n_collapsed"]), "n": n, "p_mc": float(row["p_collapse"]),
-            "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"])}
+            "ci_low": float(row["ci_low"]), "ci_high": float(row["ci_high"]),
+            "undecided": int(row["n_undecided"]) / max(n, 1)}
 
 
 def family_table(cfg: DesignConfig, scan: list[dict], workers: int = 1, cache=None,
@@ -295,16 +306,23 @@ def isotonic(x, k, n):
     return fit
 
 
-def collapse_fit(x, k, n) -> dict:
+def collapse_fit(x, k, n, groups=None) -> dict:
     """How well points from several dimensions collapse onto *one* monotone curve of ``x``:
     the isotonic fit's standardised residuals ``(p_hat - fit) / se`` (smoothed binomial se).
-    With exact collapse and independent points their mean square is about 1 (a little less: the
-    fit adapts to the data); points off one curve give values well above."""
+    With exact collapse and independent points their mean square is about 1 or below (the fit
+    adapts to the data); points off one curve give values well above. A monotone curve can only
+    be contradicted where points of different groups (dimensions) interleave along ``x``:
+    ``mixed_neighbours`` counts the neighbours in x order that come from different groups."""
     fit = isotonic(x, k, n)
     k, n = np.asarray(k, float), np.asarray(n, float)
     ps = (k + 1) / (n + 2)
     z = (k / n - fit) / np.sqrt(ps * (1 - ps) / n)
-    return {"mean_z2": float(np.mean(z**2)), "max_z": float(np.max(np.abs(z))), "fit": fit}
+    mixed = 0
+    if groups is not None:
+        g = np.asarray(groups)[np.argsort(np.asarray(x, float), kind="stable")]
+        mixed = int(np.sum(g[1:] != g[:-1]))
+    return {"mean_z2": float(np.mean(z**2)), "max_z": float(np.max(np.abs(z))), "fit": fit,
+            "mixed_neighbours": mixed}
 
 
 def dimension_table(cfg: DesignConfig, workers: int = 1, cache=None,
@@ -394,8 +412,10 @@ def validity(rows: list[dict], theories=THEORIES, z_max: float = VALID_Z) -> lis
 
 #: annealing times tried by the recommender: a geometric ladder (ratio 2) from this value
 _LADDER_START = 25.0
-#: the recommender asks the finite-batch theory for p_hat + SAFETY_Z se <= p
+#: the recommender asks the finite-batch theory for p_hat + SAFETY_Z se <= p, with at most
+#: UNDECIDED_MAX of its runs still unsettled (|s| < 0.9) when the run stops
 SAFETY_Z = 2.0
+UNDECIDED_MAX = 0.1
 #: simulated runs per cell while searching, and for the final prediction
 _SEARCH_SAMPLES = 1024
 _FINAL_SAMPLES = 4096
@@ -412,7 +432,8 @@ class Recommendation(NamedTuple):
       temperature. t0: annealing time (steps). n_iter: total steps (``t0 + n_iter_extra``).
       p_target: the requested probability. p_predicted: ``{theory: P}`` at this schedule.
       p_se: the finite-batch theory's sampling error. p_vanilla: finite-batch P without
-      annealing. problem: the problem it was computed for.
+      annealing. problem: the problem it was computed for. n_iter_extra: steps after t0.
+      undecided: fraction of the finite-batch theory's runs not settled at the end.
     """
 
     status: str
@@ -426,6 +447,7 @@ class Recommendation(NamedTuple):
     p_vanilla: float
     problem: Problem
     n_iter_extra: int
+    undecided: float = 0.0
 
 
 def _ladder(max_t0: float) -> np.ndarray:
@@ -437,12 +459,14 @@ def _ladder(max_t0: float) -> np.ndarray:
 
 def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str = "exp",
               batch: int = 1024, lr: float = 0.05, sampling: str = "stratified",
-              max_t0: float = 6400.0, n_iter_extra: int = 100,
+              max_t0: float = 6400.0, n_iter_extra: int = 500,
               log10_beta_scan=tuple(-3.0 + 0.25 * k for k in range(15)), seed: int = 0,
               progress=None) -> Recommendation:
     """The shortest schedule (of one family, or of all with ``schedule="best"``) whose
     finite-batch collapse probability is at most ``p_target`` with a margin of
-    :data:`SAFETY_Z` standard errors.
+    :data:`SAFETY_Z` standard errors, with at most :data:`UNDECIDED_MAX` of the theory's runs
+    unsettled when they stop (``t0 + n_iter_extra`` steps: ``t0`` is when beta reaches 1, the
+    runs then continue at beta = 1 so that they decide).
 
     Search: for t0 on a geometric ladder (ratio 2 from 25 steps up to ``max_t0``), the
     finite-batch theory on every family x scanned ``beta_i R^2 = 10^k``; at the first rung where
@@ -486,9 +510,9 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     width = betas.size + 1
 
     def fb(fam, b, t, n):
-        """Finite-batch P and se at cells (b, t), run as ``width`` cells over a number of steps
-        rounded up to a power of two (a padding cell runs that long), so that the rungs of the
-        ladder share a few compiled programs instead of compiling one each."""
+        """Finite-batch P, se and undecided fraction at cells (b, t), run as ``width`` cells over
+        a number of steps rounded up to a power of two (a padding cell runs that long), so that
+        the rungs of the ladder share a few compiled programs instead of compiling one each."""
         b, t = np.broadcast_arrays(np.asarray(b, float), np.asarray(t, float))
         k = b.size
         steps = np.ceil(t) + n_iter_extra
@@ -500,7 +524,11 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
         st = C.stochastic_collapse_probability(
             bb, tt, d=d, R=R, w_star=w_star, lr=lr, batch=batch, sampling=sampling, key=key,
             n_iter=nn, n_samples=n, schedule=fam)
-        return np.asarray(st.p, float)[:k], np.asarray(st.se, float)[:k]
+        return (np.asarray(st.p, float)[:k], np.asarray(st.se, float)[:k],
+                np.asarray(st.undecided, float)[:k])
+
+    def meets(p, se, und):
+        return (p + SAFETY_Z * se <= p_target) & (und <= UNDECIDED_MAX)
 
     def answer(status, fam, b, t0):
         sched = "constant" if status == "not_needed" else fam
@@ -508,49 +536,62 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
         P = predict(problem, sched, np.array([bb]), np.array([tt]), n_iter_extra=n_iter_extra,
                     n_samples=_FINAL_SAMPLES, key=key)
         se = float(P.pop("finite-batch se")[0])
+        und = float(P.pop("finite-batch undecided")[0])
         return Recommendation(status, sched, float(bb), int(t0), int(t0) + n_iter_extra,
                               p_target, {k: float(v[0]) for k, v in P.items()}, se, p_van,
-                              problem, n_iter_extra)
+                              problem, n_iter_extra, und)
+
+    def final_ok(rec):
+        return bool(meets(rec.p_predicted[BEST_THEORY], rec.p_se, rec.undecided))
 
     say("no annealing")
     van_t0 = 300
-    pv, sv = _vanilla(problem, key, van_t0, n_iter_extra)
+    pv, sv, uv = _vanilla(problem, key, van_t0, n_iter_extra)
     p_van = float(pv)
-    if pv + SAFETY_Z * sv <= p_target:
+    if meets(pv, sv, uv):
         return answer("not_needed", "constant", 1.0, van_t0)
     ladder = _ladder(max_t0)
     prev = 0.0
     best_seen = None
-    for t0 in ladder:
+    for i_rung, t0 in enumerate(ladder):
         say(f"t0 = {t0:g}")
         found = []
         for fam in fams:
-            p, se = fb(fam, betas, np.full(betas.shape, float(t0)), _SEARCH_SAMPLES)
-            for b, pp, ss in zip(betas, p, se):
-                if best_seen is None or pp < best_seen[0]:
+            p, se, und = fb(fam, betas, np.full(betas.shape, float(t0)), _SEARCH_SAMPLES)
+            for b, pp, ss, uu in zip(betas, p, se, und):
+                if uu <= UNDECIDED_MAX and (best_seen is None or pp < best_seen[0]):
                     best_seen = (pp, fam, b, t0)
-                if pp + SAFETY_Z * ss <= p_target:
+                if meets(pp, ss, uu):
                     found.append((pp, fam, b))
         if found:
             _, fam, b = min(found, key=lambda f: f[0])
             lo = max(prev, _LADDER_START / 2)
             fine = np.unique(np.ceil(np.linspace(lo, t0, 9)[1:]))[: width - 1]
-            p, se = fb(fam, np.full(fine.shape, b), fine, _SEARCH_SAMPLES)
-            ok = np.nonzero(p + SAFETY_Z * se <= p_target)[0]
-            t_pick = fine[ok[0]] if ok.size else t0
-            return answer("anneal", fam, b, int(t_pick))
+            p, se, und = fb(fam, np.full(fine.shape, b), fine, _SEARCH_SAMPLES)
+            ok = np.nonzero(meets(p, se, und))[0]
+            start = ok[0] if ok.size else len(fine) - 1
+            # the answer's own prediction (4096 runs) must meet the rule too: if it does not,
+            # the next candidate times (this interval, then the following rungs) are tried
+            for t_try in list(fine[start:]) + [t for t in ladder[i_rung + 1:]]:
+                rec = answer("anneal", fam, b, int(t_try))
+                if final_ok(rec):
+                    return rec
+            break
         prev = float(t0)
+    if best_seen is None:                 # no settled cell at all: report the last rung's best
+        best_seen = (None, fams[0], float(betas[0]), ladder[-1])
     _, fam, b, t0 = best_seen
     return answer("unreachable", fam, b, int(t0))
 
 
 def _vanilla(problem: Problem, key, t0: int, n_iter_extra: int):
-    """Finite-batch probability (and se) without annealing (beta = 1, variance 1)."""
+    """Finite-batch probability, se and undecided fraction without annealing (beta = 1,
+    variance 1)."""
     st = C.stochastic_collapse_probability(
         np.array([1.0]), np.array([float(t0)]), d=problem.d, R=problem.R, w_star=problem.w_star,
         lr=problem.lr, batch=problem.batch, sampling=problem.sampling, key=key,
         n_extra=n_iter_extra, n_samples=_SEARCH_SAMPLES, schedule="constant")
-    return float(st.p[0]), float(st.se[0])
+    return float(st.p[0]), float(st.se[0]), float(st.undecided[0])
 
 
 def verify(rec: Recommendation, n_seeds: int, *, seed: int = 0, workers: int = 1, cache=None,
@@ -563,7 +604,8 @@ def verify(rec: Recommendation, n_seeds: int, *, seed: int = 0, workers: int = 1
                     progress=progress)[0]
     f = _mc_fields(row)
     return {"p_mc": f["p_mc"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
-            "n_runs": f["n_runs"], "n_failed": f["n_failed"], "k": f["k"], "n": f["n"]}
+            "n_runs": f["n_runs"], "n_failed": f["n_failed"], "k": f["k"], "n": f["n"],
+            "undecided": f["undecided"]}
 
 
 def variance_relaxation_steps(beta_i: float, lr: float = 0.05, factor: float = 2.0) -> int:
@@ -600,6 +642,7 @@ def recommend_table(cfg: DesignConfig, workers: int = 1, cache=None,
                      "status": rec.status,
                      "schedule": rec.schedule, "beta_i": rec.beta_i, "t0": rec.t0,
                      "n_iter": rec.n_iter, **rec.p_predicted, "finite-batch se": rec.p_se,
+                     "finite-batch undecided": rec.undecided,
                      "p_vanilla": rec.p_vanilla, "seconds": round(t_rec, 1), **mc})
     return rows
 
