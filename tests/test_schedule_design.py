@@ -49,6 +49,21 @@ def test_no_schedule_beats_holding_just_below_beta_c(family):
     assert float(I_hold) == pytest.approx(float(SD.closed_form_bound(PROB, 100.0)[0]), rel=1e-6)
 
 
+@pytest.mark.parametrize("family", ["exp", "step", "linear_beta", "linear_temperature"])
+def test_step_by_step_exponent_matches_the_closed_form_integrals(family):
+    """The sum over steps and the integral differ by O(1/t0): within 2 % of I_max at t0 = 2000,
+    and exactly equal for the step schedule (constant beta below beta_c)."""
+    alpha = C.derived_alpha(3.0, 0.8)
+    I_max = float(SD.closed_form_bound(PROB, 2000.0)[0])
+    for b in (1e-4, 1e-3, 0.01, 0.05, 0.2):
+        direct = SD.direct_exponent(PROB, family, b, 2000.0)
+        integral = float(C.annealing_exponent(b, 2000.0, R=3.0, lr=0.05, alpha=alpha,
+                                              schedule=family))
+        assert abs(direct - integral) <= 0.02 * I_max, (b, direct, integral)
+        if family == "step":
+            assert direct == pytest.approx(integral, rel=1e-6)     # float32 schedule
+
+
 def test_predict_gives_every_theory_and_the_no_annealing_formulas():
     b = np.array([0.001, 0.01])
     t = np.array([200.0, 200.0])
@@ -121,6 +136,22 @@ def test_one_curve_test_separates_collapsing_from_split_data():
     assert SD.collapse_fit(x, one, n)["mean_z2"] < 1.5
     split = rng.binomial(n, np.concatenate([erf(x[:12]), erf(x[12:] / 3)]))
     assert SD.collapse_fit(x, split, n)["mean_z2"] > 5
+
+
+def test_collapse_test_is_calibrated_and_has_power():
+    """Bootstrap p-values: data drawn from one monotone curve are not rejected (p well above
+    0.05 for this seed); two dimensions on different curves with interleaved x are."""
+    from scipy.special import erf
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(0.1, 2.0, 10), np.linspace(0.15, 2.05, 10)])
+    groups = [64] * 10 + [256] * 10
+    n = np.full(20, 300)
+    one = rng.binomial(n, erf(x))
+    t = SD.collapse_test(x, one, n, groups, n_boot=400)
+    assert t["p_value"] > 0.05 and t["mixed_neighbours"] >= 15
+    split = rng.binomial(n, np.concatenate([erf(x[:10]), erf(x[10:] / 2)]))
+    assert SD.collapse_test(x, split, n, groups, n_boot=400)["p_value"] < 0.01
 
 
 # ----------------------------------------------------------------------------- ranking rules
