@@ -70,7 +70,7 @@ def test_predict_gives_every_theory_and_the_no_annealing_formulas():
     import jax
 
     P = SD.predict(PROB, "exp", b, t, n_iter_extra=100, n_samples=64, key=jax.random.key(0))
-    assert set(P) == set(SD.THEORIES) | {"finite-batch se"}
+    assert set(P) == set(SD.THEORIES) | {"finite-batch se", "finite-batch undecided"}
     np.testing.assert_allclose(P["closed form"], C.collapse_probability(
         b, t, d=512, R=3.0, w_star=0.8, alpha=C.PAPER_ALPHA))
     V = SD.predict(PROB, "constant", np.ones(1), np.array([300.0]), n_iter_extra=100,
