@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import PRESET_NAMES, SAMPLINGS, get_preset
+from .config import FAMILIES, PRESET_NAMES, SAMPLINGS, get_preset
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +42,14 @@ def _floats(text: str) -> list[float]:
     if not vals:
         raise argparse.ArgumentTypeError("expected at least one number")
     return vals
+
+
+def _archive_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by the commands that run and archive a study."""
+    parser.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "settings, both sampling protocols at the grid's batch) and "
                                    "write bscan_points.csv, bscan_runs.csv and provenance.json "
                                    "into --out (the book reads data/bscan_hottest_row).")
-    b.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--workers", type=int, default=1, help="local worker processes")
-    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _archive_options(b)
 
     r = sub.add_parser("realnvp-archive", formatter_class=fmt,
                        help="run and archive chapter 4's RealNVP grid or side studies",
@@ -146,16 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "comparisons (the book reads data/realnvp_studies; their "
                                    "cells are chosen from the grid, archived or cached).")
     r.add_argument("part", choices=["grid", "studies"], help="what to run")
-    r.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
-    r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes")
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _archive_options(r)
 
     c = sub.add_parser("recommend", formatter_class=fmt,
                        help="recommend an annealing schedule for a target collapse probability",
-                       description="The shortest schedule whose collapse probability, predicted "
-                                   "by the finite-batch theory of chapter 3, is at most --p (two "
-                                   "standard errors of margin); prints every theory's prediction "
+                       description="A short schedule (the shortest on the search grid of t0, to "
+                                   "within an eighth of a rung) whose collapse probability, "
+                                   "predicted by the finite-batch theory of chapter 3, is at most "
+                                   "--p (two standard errors of margin); prints every theory's prediction "
                                    "and, with --verify N, N Monte-Carlo runs of the reduced "
                                    "sampler with a 95 % Wilson interval. A --p that no schedule "
                                    "up to --max-t0 reaches prints the best achievable one and "
@@ -165,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--w-star", type=float, required=True, help="heavy-mode weight in (0.5, 1)")
     c.add_argument("--p", type=float, required=True, help="target collapse probability in (0, 1)")
     c.add_argument("--schedule", default="exp",
-                   choices=["exp", "step", "linear_beta", "linear_temperature", "best"],
+                   choices=list(FAMILIES) + ["best"],
                    help="schedule family ('best': the best of the four)")
     c.add_argument("--batch", type=int, default=1024,
                    help="Monte-Carlo batch B (samples per component, stratified)")
@@ -187,10 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dimensions, targets, recommender checks) from scratch and "
                                    "write them with provenance.json into --out (the book reads "
                                    "data/schedule_design).")
-    a.add_argument("--preset", default="book", choices=PRESET_NAMES, help="size preset")
-    a.add_argument("--out", required=True, help="output folder")
-    a.add_argument("--workers", type=int, default=1, help="local worker processes")
-    a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _archive_options(a)
     return ap
 
 

@@ -36,6 +36,8 @@ PRESET_NAMES = ("quick", "book", "paper")
 #: names of annealvi_lib.schedules.SCHEDULES (repeated here so that the configuration does not
 #: import JAX; a test checks that the two agree)
 SCHEDULE_NAMES = ("exp", "step", "constant", "linear_beta", "linear_temperature")
+#: the annealing families compared in chapter 5 (every schedule but the constant one)
+FAMILIES = tuple(n for n in SCHEDULE_NAMES if n != "constant")
 #: Monte-Carlo sampling protocols of the GMM loss (re-exported as
 #: ``annealvi_lib.student.SAMPLINGS``; defined here so that the configuration does not import JAX).
 SAMPLINGS = ("stratified", "categorical")
@@ -361,8 +363,7 @@ def _setting(name, v):
         raise ValueError(f"{name} w_star must lie in (0.5, 1), got {w!r}")
     return (check_int_at_least(f"{name} d", d, 33), check_positive(f"{name} R", R), w,
             check_open_unit(f"{name} p", p),
-            check_choice(f"{name} schedule", sched, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:]
-                         + ("best",)))
+            check_choice(f"{name} schedule", sched, FAMILIES + ("best",)))
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,7 @@ class DesignConfig:
     """
 
     problem: Problem = Problem(d=512, batch=1024)
-    families: tuple = ("exp", "step", "linear_beta", "linear_temperature")
+    families: tuple = FAMILIES
     budgets: tuple = (200.0, 400.0, 800.0)
     # beta_i R^2 = 10^k scanned for each family's theory-optimal beta_i
     log10_beta_scan: tuple = tuple(-3.0 + 0.25 * k for k in range(15))
@@ -405,8 +406,8 @@ class DesignConfig:
 
     def __post_init__(self):
         _check_problem(self)
-        fam = lambda n, v: check_choice(n, v, SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:])
-        _normalise(self, families=_seq(fam), budgets=_seq(check_t0),
+        _normalise(self, families=_seq(lambda n, v: check_choice(n, v, FAMILIES)),
+                   budgets=_seq(check_t0),
                    log10_beta_scan=_seq(_log10), n_iter_extra=_EXTRA,
                    theory_samples=_int_range(16, 10**6), family_seeds=_N_SEEDS,
                    dims=_seq(_int_at_least(33)), dim_cells=_seq(_cell), dim_seeds=_N_SEEDS,

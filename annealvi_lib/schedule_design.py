@@ -39,7 +39,7 @@ from . import collapse as C
 from ._validate import (check_choice, check_int_at_least, check_open_unit, check_positive)
 from .config import DesignConfig, GMMGridConfig, Problem, grid_beta
 from .grid import run_grid
-from .metrics import difference_interval, wilson_interval
+from .metrics import difference_interval
 
 __all__ = ["THEORIES", "BEST_THEORY", "HOLD_FRACTION", "predict", "closed_form_bound",
            "theory_scan", "optimal_points", "mc_points", "family_table", "family_ranking",
@@ -55,8 +55,6 @@ BEST_THEORY = "finite-batch"
 HOLD_FRACTION = 0.98
 #: a theory "holds" on a target when every cell is within this many standard errors
 VALID_Z = 3.0
-#: the no-annealing row runs the constant schedule from this (dummy) t0; beta_i = 1
-_VANILLA_T0 = 1.0
 
 
 def _key(seed: int, *tag: int) -> jax.Array:
@@ -355,6 +353,32 @@ def collapse_test(x, k, n, groups, n_boot: int = 2000, seed: int = 0) -> dict:
             "mixed_neighbours": obs["mixed_neighbours"], "n_points": int(len(n))}
 
 
+def _exp_and_vanilla_rows(cfg: DesignConfig, p: Problem, log_cells, n_seeds: int, key, head: dict,
+                          extra=None, workers: int = 1, cache=None,
+                          progress: bool | None = None) -> list[dict]:
+    """Monte Carlo (``n_seeds`` runs) and every theory (draws from ``key``) for problem ``p`` on
+    ``log_cells`` ((log10 beta_i R^2, t0), exponential schedule) and on the no-annealing row
+    (``cfg.vanilla_steps`` steps): one row per cell, starting with the fields of ``head``;
+    ``extra(schedule, beta_i, t0)`` adds columns (arrays over a schedule's cells)."""
+    rows = []
+    groups = [("exp", [(grid_beta(k, p.R**2), t0) for k, t0 in log_cells]),
+              ("constant", [(1.0, float(cfg.vanilla_steps - cfg.n_iter_extra))])]
+    for sched, cells in groups:
+        mc = mc_points(p, sched, cells, n_seeds=n_seeds, n_iter_extra=cfg.n_iter_extra,
+                       seed=cfg.seed, workers=workers, cache=cache, progress=progress)
+        b = np.array([c[0] for c in cells])
+        t = np.array([c[1] for c in cells])
+        P = predict(p, sched, b, t, n_iter_extra=cfg.n_iter_extra, n_samples=cfg.theory_samples,
+                    key=key)
+        more = {} if extra is None else extra(sched, b, t)
+        for i, (bi, t0) in enumerate(cells):
+            rows.append({**head, "schedule": sched, "beta_i": float(bi), "t0": float(t0),
+                         "log10_beta_r2": float(math.log10(bi * p.R**2)),
+                         **{n: float(v[i]) for n, v in more.items()}, **_mc_fields(mc[i]),
+                         **{n: float(v[i]) for n, v in P.items()}})
+    return rows
+
+
 def dimension_table(cfg: DesignConfig, workers: int = 1, cache=None,
                     progress: bool | None = None) -> list[dict]:
     """Monte Carlo (``cfg.dim_seeds`` runs) and every theory, exponential schedule, on
@@ -363,22 +387,12 @@ def dimension_table(cfg: DesignConfig, workers: int = 1, cache=None,
     rows = []
     for d in cfg.dims:
         p = dataclasses.replace(cfg.problem, d=int(d))
-        groups = [("exp", [(grid_beta(k, p.R**2), t0) for k, t0 in cfg.dim_cells]),
-                  ("constant", [(1.0, float(cfg.vanilla_steps - cfg.n_iter_extra))])]
-        for sched, cells in groups:
-            mc = mc_points(p, sched, cells, n_seeds=cfg.dim_seeds, n_iter_extra=cfg.n_iter_extra,
-                           seed=cfg.seed, workers=workers, cache=cache, progress=progress)
-            b = np.array([c[0] for c in cells])
-            t = np.array([c[1] for c in cells])
-            P = predict(p, sched, b, t, n_iter_extra=cfg.n_iter_extra,
-                        n_samples=cfg.theory_samples, key=_key(cfg.seed, 3, d))
-            x = similarity(p, sched, b, t)
-            xc = similarity(p, sched, b, t, corrected=True)
-            for i, (bi, t0) in enumerate(cells):
-                rows.append({"d": int(d), "schedule": sched, "beta_i": float(bi), "t0": float(t0),
-                             "log10_beta_r2": float(math.log10(bi * p.R**2)),
-                             "x": float(x[i]), "x_corrected": float(xc[i]), **_mc_fields(mc[i]),
-                             **{n: float(v[i]) for n, v in P.items()}})
+        rows += _exp_and_vanilla_rows(
+            cfg, p, cfg.dim_cells, cfg.dim_seeds, _key(cfg.seed, 3, d), {"d": int(d)},
+            extra=lambda sched, b, t, p=p: {"x": similarity(p, sched, b, t),
+                                            "x_corrected": similarity(p, sched, b, t,
+                                                                      corrected=True)},
+            workers=workers, cache=cache, progress=progress)
     return rows
 
 
@@ -394,23 +408,12 @@ def target_table(cfg: DesignConfig, workers: int = 1, cache=None,
     rows = []
     for i_t, (R, w) in enumerate(cfg.targets):
         p = dataclasses.replace(cfg.problem, R=float(R), w_star=float(w))
-        eps = C.collapse_epsilon(p.R, p.w_star)
-        beta_c = C.derived_alpha(p.R, p.w_star) / p.R**2
-        groups = [("exp", [(grid_beta(k, p.R**2), t0) for k, t0 in cfg.target_cells]),
-                  ("constant", [(1.0, float(cfg.vanilla_steps - cfg.n_iter_extra))])]
-        for sched, cells in groups:
-            mc = mc_points(p, sched, cells, n_seeds=cfg.target_seeds,
-                           n_iter_extra=cfg.n_iter_extra, seed=cfg.seed, workers=workers,
-                           cache=cache, progress=progress)
-            b = np.array([c[0] for c in cells])
-            t = np.array([c[1] for c in cells])
-            P = predict(p, sched, b, t, n_iter_extra=cfg.n_iter_extra,
-                        n_samples=cfg.theory_samples, key=_key(cfg.seed, 4, i_t))
-            for i, (bi, t0) in enumerate(cells):
-                rows.append({"R": p.R, "w_star": p.w_star, "sqrt_d_eps": math.sqrt(p.d) * eps,
-                             "beta_c": beta_c, "schedule": sched, "beta_i": float(bi),
-                             "t0": float(t0), "log10_beta_r2": float(math.log10(bi * p.R**2)),
-                             **_mc_fields(mc[i]), **{n: float(v[i]) for n, v in P.items()}})
+        head = {"R": p.R, "w_star": p.w_star,
+                "sqrt_d_eps": math.sqrt(p.d) * C.collapse_epsilon(p.R, p.w_star),
+                "beta_c": C.derived_alpha(p.R, p.w_star) / p.R**2}
+        rows += _exp_and_vanilla_rows(cfg, p, cfg.target_cells, cfg.target_seeds,
+                                      _key(cfg.seed, 4, i_t), head, workers=workers,
+                                      cache=cache, progress=progress)
     return rows
 
 
@@ -497,7 +500,8 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
               max_t0: float = 6400.0, n_iter_extra: int = 500,
               log10_beta_scan=tuple(-3.0 + 0.25 * k for k in range(15)), seed: int = 0,
               progress=None) -> Recommendation:
-    """The shortest schedule (of one family, or of all with ``schedule="best"``) whose
+    """A short schedule (the shortest on the search grid below; of one family, or of all with
+    ``schedule="best"``) whose
     finite-batch collapse probability is at most ``p_target`` with a margin of
     :data:`SAFETY_Z` standard errors, with at most :data:`UNDECIDED_MAX` of the theory's runs
     unsettled when they stop (``t0 + n_iter_extra`` steps: ``t0`` is when beta reaches 1, the
@@ -521,7 +525,7 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     Raises:
       ValueError naming the argument and its allowed range.
     """
-    from .config import SCHEDULE_NAMES
+    from .config import FAMILIES
 
     p_target = check_open_unit("p", p_target)
     d = check_int_at_least("d", d, 33)
@@ -529,15 +533,14 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     w_star = check_open_unit("w_star", w_star)
     if w_star <= 0.5:
         raise ValueError(f"w_star must lie in (0.5, 1) (the heavier mode's weight), got {w_star!r}")
-    families = SCHEDULE_NAMES[:2] + SCHEDULE_NAMES[3:]
-    check_choice("schedule", schedule, families + ("best",))
+    check_choice("schedule", schedule, FAMILIES + ("best",))
     max_t0 = check_positive("max_t0", max_t0)
     if max_t0 < _LADDER_START:
         raise ValueError(f"max_t0 must be >= {_LADDER_START:g} steps, got {max_t0!r}")
     problem = Problem(d=d, R=R, w_star=w_star, lr=lr, batch=batch, sampling=sampling)
     n_iter_extra = check_int_at_least("n_iter_extra", n_iter_extra, 0)
     say = progress or (lambda _: None)
-    fams = families if schedule == "best" else (schedule,)
+    fams = FAMILIES if schedule == "best" else (schedule,)
     betas = np.array([grid_beta(k, R**2) for k in log10_beta_scan])
     betas = betas[betas <= 1.0]
     key = _key(seed, 5)
