@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_npz_atomic", "load_npz", "source_hash", "file_mode", "probe_writable"]
+__all__ = ["save_npz_atomic", "load_npz", "source_hash", "file_mode", "probe_writable",
+           "location_free", "SUBPACKAGES"]
 
 
 def save_npz_atomic(path: str | os.PathLike, data: dict) -> None:
@@ -58,11 +60,47 @@ def load_npz(path: str | os.PathLike) -> dict | None:
         return None
 
 
+#: the package's subpackages (a relative import naming one of them is a location, not code)
+SUBPACKAGES = ("models", "theory", "experiments", "figures")
+_RELATIVE_IMPORT = re.compile(r"^([ \t]*)from (\.+)([\w.]*) import ", re.M)
+_DOTTED_LOCATION = re.compile(r"\bannealvi_lib\.(?:" + "|".join(SUBPACKAGES) + r")\.(?=\w)")
+
+
+def location_free(source: str) -> str:
+    """A module's source with its relative imports written as if every module sat in one flat
+    package: ``from ..models.schedules import Schedule`` becomes ``from .schedules import
+    Schedule`` and ``from ..theory import collapse`` becomes ``from . import collapse``; dotted
+    names in docstrings and messages lose their subpackage (``annealvi_lib.models.schedules`` ->
+    ``annealvi_lib.schedules``).
+
+    What is imported (module leaf names, names and aliases) is kept, only where it lives is
+    dropped, so that moving a file between subpackages leaves its cache keys unchanged while
+    any change of code, or of which module or name is imported, changes them. Module leaf names
+    are unique in the package (checked by the test suite), so the flat form is unambiguous. For
+    a module written in the flat form (the layout before the subpackages) this is the identity.
+    """
+    def flat(m: re.Match) -> str:
+        leaf = m.group(3).rsplit(".", 1)[-1]
+        if leaf in SUBPACKAGES:
+            leaf = ""
+        return f"{m.group(1)}from .{leaf} import "
+
+    return _DOTTED_LOCATION.sub("annealvi_lib.", _RELATIVE_IMPORT.sub(flat, source))
+
+
 def source_hash(*module_files: str) -> str:
-    """Short hash of library source files (names relative to the package folder), so that cached
-    results are recomputed after a code change even without a version bump."""
+    """Short hash of library source files, so that cached results are recomputed after a code
+    change even without a version bump.
+
+    Args:
+      module_files: paths relative to the package folder, e.g. ``"models/student.py"``.
+
+    The hash covers each file's :func:`location_free` text, in the order given: editing the code
+    of a listed module invalidates the cache; moving it to another subpackage (and updating the
+    imports that name it) does not. The file *names* are not hashed, for the same reason.
+    """
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
     for name in module_files:
-        h.update((here / name).read_bytes())
+        h.update(location_free((here / name).read_text()).encode())
     return h.hexdigest()[:12]

@@ -278,7 +278,7 @@ def _check_out_dir(option: str, path: str, writable: bool = False) -> Path:
 
 
 def _cmd_grid(args) -> int:
-    from .grid import parse_shard, run_grid, write_grid_csv
+    from .experiments.grid import parse_shard, run_grid, write_grid_csv
     from .paths import cache_dir
 
     if args.workers < 1:
@@ -314,7 +314,7 @@ def _cmd_grid(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from .grid import merge_grid_csvs
+    from .experiments.grid import merge_grid_csvs
 
     for p in args.inputs:
         if not Path(p).exists():
@@ -333,7 +333,7 @@ def _cmd_merge(args) -> int:
 def _cmd_figures(args) -> int:
     import os
 
-    from . import figures
+    from .figures import registry as figures
     from .paths import cache_dir, figures_dir
 
     if args.list:
@@ -370,7 +370,7 @@ def _cmd_theory(args) -> int:
     import csv
 
     from ._validate import MAX_SEED, check_int_range
-    from .gmm_study import THEORY_COLUMNS, theory_grid, theory_rows
+    from .experiments.ch3_collapse_probability import THEORY_COLUMNS, theory_grid, theory_rows
 
     G = get_preset(args.preset).gmm_grid
     if args.batch is not None:
@@ -400,7 +400,7 @@ def _cmd_theory(args) -> int:
 
 def _cmd_batch_scan(args) -> int:
     from ._validate import check_int_at_least
-    from .gmm_study import batch_scan_settings, write_batch_scan
+    from .experiments.ch3_collapse_probability import batch_scan_settings, write_batch_scan
 
     check_int_at_least("--workers", args.workers, 1)
     G = get_preset(args.preset).gmm_grid
@@ -418,7 +418,7 @@ def _cmd_batch_scan(args) -> int:
 
 def _cmd_realnvp_archive(args) -> int:
     from ._validate import check_int_at_least
-    from .realnvp_study import write_grid_archive, write_studies_archive
+    from .experiments.ch4_realnvp import write_grid_archive, write_studies_archive
 
     check_int_at_least("--workers", args.workers, 1)
     cfg = get_preset(args.preset).realnvp_grid
@@ -465,8 +465,8 @@ def _check_recommend_args(args) -> None:
 def _cmd_recommend(args) -> int:
     import json
 
-    from .plotting import SCHEDULE_LABELS
-    from .schedule_design import BEST_THEORY, recommend, verify
+    from .figures.style import SCHEDULE_LABELS
+    from .experiments.ch5_schedule_design import BEST_THEORY, recommend, verify
 
     _check_recommend_args(args)
     say = None if args.json else (lambda m: print(f"[annealvi] finite-batch theory: {m}",
@@ -516,7 +516,7 @@ def _cmd_recommend(args) -> int:
 
 def _cmd_design_archive(args) -> int:
     from ._validate import check_int_at_least
-    from .schedule_design import write_design_archive
+    from .experiments.ch5_schedule_design import write_design_archive
 
     check_int_at_least("--workers", args.workers, 1)
     cfg = get_preset(args.preset).design

@@ -33,13 +33,13 @@ __all__ = [
 ]
 
 PRESET_NAMES = ("quick", "book", "paper")
-#: names of annealvi_lib.schedules.SCHEDULES (repeated here so that the configuration does not
+#: names of annealvi_lib.models.schedules.SCHEDULES (repeated here so that the configuration does not
 #: import JAX; a test checks that the two agree)
 SCHEDULE_NAMES = ("exp", "step", "constant", "linear_beta", "linear_temperature")
 #: the annealing families compared in chapter 5 (every schedule but the constant one)
 FAMILIES = tuple(n for n in SCHEDULE_NAMES if n != "constant")
 #: Monte-Carlo sampling protocols of the GMM loss (re-exported as
-#: ``annealvi_lib.student.SAMPLINGS``; defined here so that the configuration does not import JAX).
+#: ``annealvi_lib.models.student.SAMPLINGS``; defined here so that the configuration does not import JAX).
 SAMPLINGS = ("stratified", "categorical")
 
 
@@ -54,7 +54,7 @@ class Problem:
         samples in total with ``sampling="categorical"``.
       sampling: Monte-Carlo protocol of the loss, ``"stratified"`` (B samples from each
         component) or ``"categorical"`` (the official code's: B samples from the student with
-        labels drawn from its weights); see :class:`annealvi_lib.student.Hyper`.
+        labels drawn from its weights); see :class:`annealvi_lib.models.student.Hyper`.
     """
 
     d: int = 512
@@ -225,7 +225,7 @@ class GMMGridConfig:
     n_iter_extra: int = 100
     sampler: str = "fast"
     seed: int = 0
-    # schedule family of every cell (annealvi_lib.schedules.SCHEDULES; chapter 3 uses the
+    # schedule family of every cell (annealvi_lib.models.schedules.SCHEDULES; chapter 3 uses the
     # paper's exponential one, chapter 5 compares the others)
     schedule: str = "exp"
     # fast-vs-exact validation: cells as (log10(beta_i R^2), t0) and seeds per cell

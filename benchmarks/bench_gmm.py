@@ -2,13 +2,13 @@
 
 Measures, at the paper's d = 512 (compile excluded, ``block_until_ready``):
 
-* the reduced O(B + d) sampler (``annealvi_lib.reduced``) at B = 1024 (and 8192), vmapped over
+* the reduced O(B + d) sampler (``annealvi_lib.models.reduced``) at B = 1024 (and 8192), vmapped over
   seeds, and through the grid entry point ``simulate_reduced_betas`` (``reduced.LANES`` runs per
   call);
 * the reduced sampler side by side with the one landed before it (``LANDED_COMMIT``, imported
   from git), at 2048 and 8192 samples per step, stratified and categorical, in interleaved
   rounds (median of the per-round ratios), and where its time goes (``profile_reduced``);
-* the exact O(B d) sampler (``annealvi_lib.student``) at B = 1024 and 8192, vmapped over seeds;
+* the exact O(B d) sampler (``annealvi_lib.models.student``) at B = 1024 and 8192, vmapped over seeds;
 * the exact sampler as a plain per-seed Python loop over a jitted step (the naive baseline);
 * the exact sampler with the PRNG implementations threefry2x32 / rbg / unsafe_rbg.
 
@@ -38,11 +38,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from annealvi_lib import reduced as rd
+from annealvi_lib.models import reduced as rd
 from annealvi_lib._rng import fast_threefry
-from annealvi_lib import student as st
-from annealvi_lib.schedules import Schedule
-from annealvi_lib.targets import make_target
+from annealvi_lib.models import student as st
+from annealvi_lib.models.schedules import Schedule
+from annealvi_lib.models.targets import make_target
 
 #: The reduced sampler before the issue-12 rewrite (erfinv normals, per-sample labels,
 #: per-output reductions, 64 runs per call): kept callable for the side-by-side comparison.
@@ -115,12 +115,12 @@ def bench_loop(d: int, batch: int, n_seeds: int, n_iter: int, repeats: int) -> d
 
 
 def landed_reduced():
-    """``annealvi_lib/reduced.py`` as of :data:`LANDED_COMMIT`, imported as a module of the
+    """``annealvi_lib/models/reduced.py`` as of :data:`LANDED_COMMIT`, imported as a module of the
     package (its relative imports resolve to today's modules, whose used names are unchanged);
     ``None`` when git or the commit is not available."""
     root = Path(__file__).resolve().parents[1]
     try:
-        src = subprocess.run(["git", "show", f"{LANDED_COMMIT}:annealvi_lib/reduced.py"],
+        src = subprocess.run(["git", "show", f"{LANDED_COMMIT}:annealvi_lib/models/reduced.py"],
                              cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -19,9 +19,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from annealvi_lib import realnvp as rn
+from annealvi_lib.models import realnvp as rn
 from annealvi_lib.config import get_preset
-from annealvi_lib.targets import log_partition, log_prob
+from annealvi_lib.models.targets import log_partition, log_prob
 
 
 def bench(cfg, seeds: int, steps: int, repeats: int) -> dict:

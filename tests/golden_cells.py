@@ -30,8 +30,9 @@ GOLDEN = HERE / "data" / "golden_cells.json"
 def compute() -> dict[str, dict[str, list]]:
     """name -> {field: list of numbers} for one cell of each grid (quick sizes, few seeds)."""
     from annealvi_lib.config import get_preset
-    from annealvi_lib.grid import run_grid
-    from annealvi_lib import ode_study, opening
+    from annealvi_lib.experiments.grid import run_grid
+    from annealvi_lib.experiments import ch2_summary_statistics as ode_study
+    from annealvi_lib.experiments import ch1_mode_collapse as opening
 
     P = get_preset("quick")
     G, N, D, O = P.gmm_grid, P.realnvp_grid, P.demo, P.ode_check

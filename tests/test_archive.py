@@ -6,7 +6,7 @@ import json
 import pytest
 
 from annealvi_lib import archive
-from annealvi_lib import gmm_study as S
+from annealvi_lib.experiments import ch3_collapse_probability as S
 from annealvi_lib.config import get_preset
 
 

@@ -9,8 +9,8 @@ import pytest
 from scipy.special import erf
 from scipy.stats import norm
 
-from annealvi_lib import collapse as co
-from annealvi_lib.schedules import Schedule
+from annealvi_lib.theory.ode import collapse as co
+from annealvi_lib.models.schedules import Schedule
 
 D, R, W, LR = 512, 3.0, 0.8, 0.05
 EPS = math.log(4.0) / 18.0          # |ln((1-w*)/w*)|/(2R^2) at w* = 0.8, R = 3, by hand
@@ -197,7 +197,7 @@ def test_ode_grid_shapes_monotone_and_deterministic():
 
 def test_symmetric_branch_is_a_fixed_point_of_the_ode():
     """m1 = m2 = m_b, s = 2 m_b^2 - 1 has zero drift; (m, s) = (0, -1) does not (w* != 1/2)."""
-    from annealvi_lib import theory as th
+    from annealvi_lib.theory.ode import ode as th
 
     beta_c = co.critical_beta(R, W)
     betas = beta_c * np.array([0.1, 0.5, 1.0, 2.0])
@@ -225,7 +225,7 @@ def test_linear_tilt_matches_branch_hot_and_diverges_at_beta_c():
 def test_antipodal_phase_grows_delta_by_sqrt_two():
     """Integrating the ODE at very high temperature from s0 = 0: Delta grows by sqrt(2/(1-s0))
     while s falls to -1 (before any amplification by the mode pull)."""
-    from annealvi_lib import theory as th
+    from annealvi_lib.theory.ode import ode as th
 
     beta = 1e-7
 
@@ -247,8 +247,8 @@ def test_antipodal_phase_grows_delta_by_sqrt_two():
 def _sampler_moments(state, beta, d, B, n_draws, seed=0):
     """Empirical per-direction noise variances of the reduced sampler's gradient of mean 1:
     along mu*, along the second span axis, and across the complement (mean Gram / D)."""
-    from annealvi_lib import reduced as rd
-    from annealvi_lib.student import Hyper
+    from annealvi_lib.models import reduced as rd
+    from annealvi_lib.models.student import Hyper
 
     (m1, m2, s, vb) = state
     v = vb / beta

@@ -4,9 +4,9 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from annealvi_lib.collapse_plots import (agreement_table, markdown_table, plot_heatmap, plot_slices,
+from annealvi_lib.figures.collapse_plots import (agreement_table, markdown_table, plot_heatmap, plot_slices,
                                          plot_vs_rate, summary_arrays, z_scores)
-from annealvi_lib.grid import summarise_cell
+from annealvi_lib.experiments.grid import summarise_cell
 
 
 def _summary():

@@ -35,7 +35,7 @@ def test_problem_validation(kwargs, field):
 def test_only_the_paper_grid_samples_categorically():
     """The paper preset's GMM grid follows the official protocol; everything else (the book,
     quick, and the paper's other GMM experiments) stays stratified."""
-    from annealvi_lib.student import SAMPLINGS
+    from annealvi_lib.models.student import SAMPLINGS
 
     assert SAMPLINGS == ("stratified", "categorical") and Problem().sampling == "stratified"
     for name in PRESET_NAMES:

@@ -8,7 +8,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from annealvi_lib import figures, opening
+from annealvi_lib.figures.registry import registry as figures
+from annealvi_lib.experiments import ch1_mode_collapse as opening
 from annealvi_lib.config import DemoConfig, Problem, get_preset
 
 CH1 = {"ch1_tempered_marginals", "ch1_schedules", "ch1_opening_marginals", "ch1_variances",
@@ -129,7 +130,7 @@ def test_figure_data_reads_back_what_is_drawn(tmp_path):
     and heat-map cells, with the panel title, axis labels and legend labels."""
     import csv
 
-    from annealvi_lib.plotting import figure_data, write_figure_data
+    from annealvi_lib.figures.style import figure_data, write_figure_data
 
     fig, (a, b) = matplotlib.pyplot.subplots(1, 2)
     a.plot([1, 2, 3], [4, 5, 6], label="curve")
@@ -162,7 +163,7 @@ def test_figure_data_names_heat_map_cells_by_their_tick_labels():
     """A seaborn heat map's CSV says which beta_i and t0 each cell is, not only its index."""
     import seaborn as sns
 
-    from annealvi_lib.plotting import figure_data
+    from annealvi_lib.figures.style import figure_data
 
     fig, ax = matplotlib.pyplot.subplots()
     sns.heatmap(np.array([[0.1, 0.2], [0.3, 0.4]]), xticklabels=["100", "200"],

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from annealvi_lib.collapse import collapse_probability, optimal_beta_i
-from annealvi_lib.guidance import recommend_schedule
+from annealvi_lib.theory.collapse import collapse_probability, optimal_beta_i
+from annealvi_lib.theory.guidance import recommend_schedule
 
 
 def test_recommendation_meets_target_at_the_optimal_start():

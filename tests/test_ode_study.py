@@ -9,8 +9,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from annealvi_lib import figures
-from annealvi_lib import ode_study as S
+from annealvi_lib.figures.registry import registry as figures
+from annealvi_lib.experiments import ch2_summary_statistics as S
 from annealvi_lib.config import OdeCheckConfig, Problem, get_preset
 
 CH2 = {"ch2_f_g_asymptotics", "ch2_validation", "ch2_error_scaling"}

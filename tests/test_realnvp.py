@@ -1,4 +1,4 @@
-"""Tests of annealvi_lib.realnvp: bijection, log-det, bounds, training, vmap consistency."""
+"""Tests of annealvi_lib.models.realnvp: bijection, log-det, bounds, training, vmap consistency."""
 
 import dataclasses
 
@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from annealvi_lib import realnvp as rn
-from annealvi_lib import targets
+from annealvi_lib.models import realnvp as rn
+from annealvi_lib.models import targets
 from annealvi_lib.config import get_preset
 from annealvi_lib.metrics import COLLAPSE_STD, run_summary
-from annealvi_lib.schedules import Schedule
+from annealvi_lib.models.schedules import Schedule
 
 SMALL = rn.FlowSpec(d=5, n_layers=3, width=8, depth=2, out_init_scale=1.0, norm="none")
 

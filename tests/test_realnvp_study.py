@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from annealvi_lib import archive
-from annealvi_lib import realnvp as rn
-from annealvi_lib import realnvp_study as S
+from annealvi_lib.models import realnvp as rn
+from annealvi_lib.experiments import ch4_realnvp as S
 from annealvi_lib.config import RealNVPGridConfig, get_preset
 from annealvi_lib.metrics import difference_interval
 
@@ -108,7 +108,7 @@ ROLES = {"vanilla": (1.0, 2000.0), "short": (0.0351364184463, 500.0),
 
 
 def test_trend_roles_of_the_book_cells():
-    from annealvi_lib.collapse import critical_beta
+    from annealvi_lib.theory.collapse import critical_beta
 
     assert S.trend_roles(BOOK.trend_cells, critical_beta(BOOK.R, BOOK.w_star)) == ROLES
     with pytest.raises(ValueError, match="trend_cells"):

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from annealvi_lib import reduced as rd
-from annealvi_lib import student as st
-from annealvi_lib.schedules import Schedule
-from annealvi_lib.targets import make_target
+from annealvi_lib.models import reduced as rd
+from annealvi_lib.models import student as st
+from annealvi_lib.models.schedules import Schedule
+from annealvi_lib.models.targets import make_target
 
 D_TEST = 64
 R = 3.0

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from annealvi_lib import archive
-from annealvi_lib import collapse as C
-from annealvi_lib import schedule_design as SD
+from annealvi_lib.theory.ode import collapse as C
+from annealvi_lib.experiments import ch5_schedule_design as SD
 from annealvi_lib.config import SCHEDULE_NAMES, DesignConfig, Problem, get_preset
-from annealvi_lib.schedules import SCHEDULES
+from annealvi_lib.models.schedules import SCHEDULES
 
 BOOK = get_preset("book").design
 PROB = Problem(d=512, batch=1024)
@@ -213,7 +213,7 @@ def test_schedule_families_run_through_the_grid_runner(tmp_path):
     s = SD.mc_points(p, "step", cells, **kw)[0]
     assert e["grid_id"] != s["grid_id"]
     from annealvi_lib.config import GMMGridConfig
-    from annealvi_lib.grid import run_grid
+    from annealvi_lib.experiments.grid import run_grid
 
     ch3 = run_grid("gmm", GMMGridConfig(problem=p, log10_beta_r2=(math.log10(0.01 * 9),),
                                         t0s=(30.0,), n_seeds=8, n_iter_extra=20),

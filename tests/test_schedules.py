@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from annealvi_lib.schedules import SCHEDULES, Schedule, annealing_rate, exp_schedule, make_schedule
+from annealvi_lib.models.schedules import SCHEDULES, Schedule, annealing_rate, exp_schedule, make_schedule
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

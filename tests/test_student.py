@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import jax.flatten_util
 
-from annealvi_lib.schedules import Schedule
-from annealvi_lib.student import (SAMPLINGS, Hyper, StudentState, classify_collapse, init_student,
+from annealvi_lib.models.schedules import Schedule
+from annealvi_lib.models.student import (SAMPLINGS, Hyper, StudentState, classify_collapse, init_student,
                                   jko_step, mc_loss, mc_loss_categorical, sample_labels,
                                   seed_keys, simulate, simulate_seeds, summary_stats)
-from annealvi_lib.targets import Target, log_partition, make_target
+from annealvi_lib.models.targets import Target, log_partition, make_target
 
 
 def test_loss_gradient_matches_finite_differences():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from annealvi_lib.targets import log_partition, log_prob, make_target, sample
+from annealvi_lib.models.targets import log_partition, log_prob, make_target, sample
 
 
 def _grid_integral_2d(t, beta, lim, n=1201):

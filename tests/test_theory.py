@@ -1,4 +1,4 @@
-"""Tests of annealvi_lib.theory: quadrature against mpmath, asymptotics, ODE invariants and fixed
+"""Tests of annealvi_lib.theory.ode: quadrature against mpmath, asymptotics, ODE invariants and fixed
 points, the exact expected gradient against jax.grad of the Monte-Carlo loss, and agreement of
 the ODE with simulation."""
 
@@ -10,10 +10,10 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-from annealvi_lib import student as st
-from annealvi_lib import theory as th
-from annealvi_lib.schedules import Schedule
-from annealvi_lib.targets import make_target
+from annealvi_lib.models import student as st
+from annealvi_lib.theory.ode import ode as th
+from annealvi_lib.models.schedules import Schedule
+from annealvi_lib.models.targets import make_target
 
 R = 3.0
 W_STAR = 0.8

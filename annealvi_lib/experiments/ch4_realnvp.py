@@ -7,7 +7,7 @@ Every function takes the preset's :class:`~annealvi_lib.config.RealNVPGridConfig
 the side studies of the ``book`` preset take about an hour on 2 cores, so they are archived
 under ``data/`` (:data:`GRID_ARCHIVE`, :data:`STUDIES_ARCHIVE`; ``python -m annealvi_lib
 realnvp-archive grid|studies``) with their provenance; a configuration that does not match an
-archive is computed by the cached grid runner (:func:`annealvi_lib.grid.run_grid`, one file per
+archive is computed by the cached grid runner (:func:`annealvi_lib.experiments.grid.run_grid`, one file per
 cell), so the notebook and ``python -m annealvi_lib figures ch4_*`` share them. The demo run is
 recomputed each time.
 """
@@ -22,13 +22,13 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from . import realnvp as rn
-from .config import GMMGridConfig, Preset, Problem, RealNVPGridConfig, grid_beta
-from .figures import register
-from .archive import json_roundtrip
+from ..models import realnvp as rn
+from ..config import GMMGridConfig, Preset, Problem, RealNVPGridConfig, grid_beta
+from ..figures.registry import register
+from ..archive import json_roundtrip
 from .grid import run_grid
-from .metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_interval
-from .schedules import Schedule, annealing_rate
+from ..metrics import COLLAPSE_STD, run_summary, target_projection_std, wilson_interval
+from ..models.schedules import Schedule, annealing_rate
 
 __all__ = ["DEMO_ARMS", "DemoSetting", "demo_setting", "demo_runs", "demo_summary", "FlowGrid",
            "flow_grid", "gmm_comparison_config",
@@ -73,7 +73,7 @@ def demo_runs(cfg: RealNVPGridConfig) -> dict:
     (``cfg.seed + 1``) on the grid's target.
 
     Returns ``{arm: (params, Trajectory, FinalStats)}`` for the arms :data:`DEMO_ARMS`, without
-    a seed axis (:func:`annealvi_lib.realnvp.train`).
+    a seed axis (:func:`annealvi_lib.models.realnvp.train`).
     """
     s = demo_setting(cfg)
     spec = rn.spec_from_config(cfg)
@@ -221,7 +221,7 @@ def compare_rows(tables: dict, criterion: tuple, w_star: float) -> list[dict]:
     """The comparisons: one row per (cell, arm) with ``beta_i, t0, arm, k, n, p, lo, hi`` and,
     for the arms other than the base, ``diff, diff_lo, diff_hi`` (arm minus base, Newcombe 95%
     interval)."""
-    from .metrics import difference_interval
+    from ..metrics import difference_interval
 
     runs = tables["compare_runs.csv"]
     by_arm = {a: cell_counts([r for r in runs if r["arm"] == a], criterion, w_star)
@@ -348,7 +348,7 @@ def plot_rate(fg: FlowGrid):
     curve between them), legend beside the axes."""
     import matplotlib.pyplot as plt
 
-    from .collapse_plots import ROW_MARKERS
+    from ..figures.collapse_plots import ROW_MARKERS
 
     B, T, pc, lo, hi = fg.B, fg.T, fg.pc, fg.lo, fg.hi
     fig, ax = plt.subplots(figsize=(6.6, 4))
@@ -465,7 +465,7 @@ def fig_flow_vs_gmm(preset: Preset):
 @register("ch4_trend", chapter=4,
           description="RealNVP and GMM-student collapse probability against the dimension d")
 def fig_trend(preset: Preset):
-    from .collapse import critical_beta
+    from ..theory.collapse import critical_beta
 
     cfg = preset.realnvp_grid
     tables, _ = load_studies(cfg)
@@ -476,7 +476,7 @@ def fig_trend(preset: Preset):
 def benchmark_rows() -> tuple[list[dict], str] | None:
     """RealNVP training throughput rows from ``benchmarks/bench_realnvp.py``'s JSON (see
     :func:`annealvi_lib.paths.load_benchmark`). Returns ``(rows, source)`` or ``None``."""
-    from .paths import load_benchmark
+    from ..paths import load_benchmark
 
     loaded = load_benchmark("bench_realnvp")
     return None if loaded is None else (loaded[0]["rows"], loaded[1])
@@ -525,7 +525,7 @@ def write_grid_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, command
     ``provenance.json``."""
     import tempfile
 
-    from .archive import current_commit, write_archive
+    from ..archive import current_commit, write_archive
 
     commit = current_commit()
     t = time.perf_counter()
@@ -544,7 +544,7 @@ def _numeric_rows(rows: list[dict], keep_str=()) -> list[dict]:
 def load_grid_archive(cfg: RealNVPGridConfig):
     """``(cell rows, run rows, provenance)`` of ``data/GRID_ARCHIVE`` when its configuration is
     ``cfg``'s, else ``None``; values as floats."""
-    from .archive import data_dir, read_archive
+    from ..archive import data_dir, read_archive
 
     got = read_archive(data_dir(GRID_ARCHIVE))
     if got is None or got[1]["config"] != grid_archive_config(cfg):
@@ -616,7 +616,7 @@ def write_studies_archive(cfg: RealNVPGridConfig, folder, workers: int = 1, comm
     else of the grid computed into the results cache)."""
     import tempfile
 
-    from .archive import current_commit, write_archive
+    from ..archive import current_commit, write_archive
 
     commit = current_commit()
     cells = compare_cells(flow_grid_rows(cfg, workers=workers)[0])
@@ -640,7 +640,7 @@ def flow_grid_rows(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | No
 def load_studies(cfg: RealNVPGridConfig, workers: int = 1, progress: bool | None = None):
     """``(tables, provenance or None)`` of the side studies: from ``data/STUDIES_ARCHIVE`` when
     it holds this configuration, else computed (cached)."""
-    from .archive import data_dir, read_archive
+    from ..archive import data_dir, read_archive
 
     cells = compare_cells(flow_grid_rows(cfg, workers=workers)[0])
     got = read_archive(data_dir(STUDIES_ARCHIVE))
@@ -709,7 +709,7 @@ def _p_text(k, n) -> str:
 
 
 def _d_text(k1, n1, k2, n2, z: float = 1.96):
-    from .metrics import difference_interval
+    from ..metrics import difference_interval
 
     d, lo, hi = difference_interval(k1, n1, k2, n2, z)
     return float(d), float(lo), float(hi), f"{float(d):+.2f} [{float(lo):+.2f}, {float(hi):+.2f}]"

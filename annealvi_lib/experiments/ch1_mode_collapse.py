@@ -22,14 +22,14 @@ import numpy as np
 import matplotlib.pyplot as plt
 from scipy.stats import norm
 
-from . import __version__
-from .cache import load_npz, save_npz_atomic, source_hash
-from .collapse_plots import SETTLED_S
-from .config import DemoConfig
-from .plotting import SCHEDULE_LABELS, SCHEDULE_STYLES
-from .schedules import SCHEDULES, Schedule
-from .student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
-from .targets import make_target
+from .. import __version__
+from ..cache import load_npz, save_npz_atomic, source_hash
+from ..figures.collapse_plots import SETTLED_S
+from ..config import DemoConfig
+from ..figures.style import SCHEDULE_LABELS, SCHEDULE_STYLES
+from ..models.schedules import SCHEDULES, Schedule
+from ..models.student import Hyper, Trajectory, classify_collapse, seed_keys, simulate_seeds
+from ..models.targets import make_target
 
 __all__ = ["OpeningRun", "run_opening_experiment", "opening_n_seeds", "opening_cache_path",
            "cached_opening_experiment", "marginal_along_mu_star", "student_marginal",
@@ -95,7 +95,8 @@ def opening_n_seeds(preset_name: str) -> int:
 def _source_digest() -> str:
     """Hash of the modules the opening experiment depends on (so a code change, not only a
     version bump, invalidates the cache)."""
-    return source_hash("opening.py", "student.py", "targets.py", "schedules.py", "config.py")
+    return source_hash("experiments/ch1_mode_collapse.py", "models/student.py", "models/targets.py",
+                       "models/schedules.py", "config.py")
 
 
 def opening_cache_path(cfg: DemoConfig, n_seeds: int, cache: str | os.PathLike | None = None) -> Path:
@@ -105,7 +106,7 @@ def opening_cache_path(cfg: DemoConfig, n_seeds: int, cache: str | os.PathLike |
     source of the modules the experiment uses. ``cache`` defaults to
     :func:`annealvi_lib.paths.cache_dir` (``$ANNEALVI_CACHE`` or ``<repo>/results``).
     """
-    from .paths import cache_dir
+    from ..paths import cache_dir
 
     payload = json.dumps({"cfg": dataclasses.asdict(cfg), "n_seeds": int(n_seeds),
                           "version": __version__, "source": _source_digest()},

@@ -21,7 +21,7 @@ expected gradient; their noise differs (at equal B the categorical batch is half
 its per-component sample counts fluctuate).
 
 This "exact" sampler draws the full ``(2, B, d)`` (or ``(B, d)``) noise: O(B d) per step. The
-O(B + d) reduced sampler lives in :mod:`annealvi_lib.reduced`.
+O(B + d) reduced sampler lives in :mod:`annealvi_lib.models.reduced`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._rng import fast_threefry
-from ._validate import check_choice, check_int_at_least, check_positive
-from .config import SAMPLINGS  # ("stratified", "categorical"): the protocols of Hyper.sampling
+from .._rng import fast_threefry
+from .._validate import check_choice, check_int_at_least, check_positive
+from ..config import SAMPLINGS  # ("stratified", "categorical"): the protocols of Hyper.sampling
 from .schedules import Schedule
 from .targets import Target, log_partition, potential
 
@@ -273,7 +273,7 @@ def run_with_range(step, key, state0, target, betas, hyper: Hyper):
 
     ``step(state, key, target, beta, hyper) -> (new_state, loss)`` is :func:`jko_step` (the
     reduced sampler has its own runner with the same keys,
-    :func:`annealvi_lib.reduced.run_with_range`).
+    :func:`annealvi_lib.models.reduced.run_with_range`).
     The noise keys are those of :func:`simulate` (``split(key, n_iter + 1)[:-1]``), so the final
     state is the one ``simulate(..., record=False)`` returns. Used by the grid runner to count
     runs that left the physical range at any step (an oscillating blow-up can end in range).

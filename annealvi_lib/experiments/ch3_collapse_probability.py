@@ -17,15 +17,15 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from . import collapse as C
-from . import theory
-from .collapse_plots import (SETTLED_S, plot_heatmap, plot_mechanism, plot_slices,
+from ..theory import collapse as C
+from ..theory import ode as theory
+from ..figures.collapse_plots import (SETTLED_S, plot_heatmap, plot_mechanism, plot_slices,
                              plot_stability, plot_symmetric_branch, plot_vs_rate, summary_arrays,
                              undecided_counts, z_scores)
-from .config import GMMGridConfig, Preset, grid_beta
-from .figures import register
+from ..config import GMMGridConfig, Preset, grid_beta
+from ..figures.registry import register
 from .grid import run_grid
-from .schedules import Schedule
+from ..models.schedules import Schedule
 
 __all__ = ["TheoryGrid", "default_workers", "mc_grid", "theory_grid", "theory_rows", "closed_family", "fit_alpha_bootstrap",
            "mechanism_trajectories", "stability_scan", "cell_config", "validation_rows",
@@ -40,7 +40,7 @@ def default_workers(preset_name: str) -> int:
 
 def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
     """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``. The arrays
-    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S`` (:mod:`annealvi_lib.collapse_plots`),
+    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S`` (:mod:`annealvi_lib.figures.collapse_plots`),
     classified by the sign of ``s`` although they have not settled when the run stops."""
     t = time.perf_counter()
     res = run_grid("gmm", G, workers=workers, progress=progress)
@@ -129,7 +129,7 @@ def closed_family(T: TheoryGrid, G: GMMGridConfig, alphas, growth: float = 1.0,
     """The closed form on the grid for every alpha of ``alphas``: shape (n_alpha, n_beta, n_t0).
 
     ``growth`` and ``variance_lag`` select the variant (see
-    :func:`annealvi_lib.collapse.collapse_probability`).
+    :func:`annealvi_lib.theory.collapse.collapse_probability`).
     """
     from scipy.special import erf
 
@@ -147,7 +147,7 @@ def fit_alpha_bootstrap(k, n, T: TheoryGrid, G: GMMGridConfig, growth: float = 1
                         alphas=np.linspace(0.2, 2.0, 1801), n_boot: int = 400, seed: int = 0,
                         variance_lag: bool = False):
     """Maximum-likelihood alpha of the closed form (with ``growth``, see
-    :func:`annealvi_lib.collapse.collapse_probability`; ``variance_lag`` too) given binomial counts ``k`` of ``n`` per
+    :func:`annealvi_lib.theory.collapse.collapse_probability`; ``variance_lag`` too) given binomial counts ``k`` of ``n`` per
     cell, with a 95% interval that does not assume the closed form is true: a percentile
     bootstrap over runs (each cell's count redrawn from ``Binomial(n, k/n)``, the fit redone).
 
@@ -266,7 +266,7 @@ def sensitivity_rows(G: GMMGridConfig, workers: int = 1) -> list[dict]:
 def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[dict]:
     """The no-annealing row: beta = 1 throughout (variance 1 at the start) for each dimension in
     ``G.vanilla_dims``, ``G.vanilla_seeds`` runs of ``G.vanilla_steps`` steps (reduced sampler,
-    cached), against ``Phi^2 + Phi^2`` (:func:`annealvi_lib.collapse.vanilla_probability`), the
+    cached), against ``Phi^2 + Phi^2`` (:func:`annealvi_lib.theory.collapse.vanilla_probability`), the
     closed form's ``erf(sqrt(d) eps)``, the ODE-propagated probability and the finite-batch theory
     at beta = 1 (NaN for d < 33)."""
     p = G.problem
@@ -415,7 +415,7 @@ HOT_FRACTION = 0.1
 
 class RateAgreement(NamedTuple):
     """How the measured cells sit against the hot-start master curve (binomial z-scores, see
-    :func:`annealvi_lib.collapse_plots.z_scores`).
+    :func:`annealvi_lib.figures.collapse_plots.z_scores`).
 
     ``n_hot``/``hot_within``: cells with beta_i <= HOT_FRACTION beta_c and those within 2 SE of
     the curve; ``hot_worst``: (log10 beta_i R^2, t0, measured, curve, z) of the hot cell farthest
@@ -431,7 +431,7 @@ class RateAgreement(NamedTuple):
 
 def rate_agreement(A: dict, G: GMMGridConfig) -> RateAgreement:
     """Compare every cell of the grid ``A`` with the hot-start curve at its own rate."""
-    from .schedules import annealing_rate
+    from ..models.schedules import annealing_rate
 
     p = G.problem
     beta_c = C.critical_beta(p.R, p.w_star)
@@ -478,7 +478,7 @@ def benchmark_summary() -> dict | None:
     and 8192) and the plain per-seed loop, plus the source file and the commit measured (``None``
     for files that predate recording it).
     """
-    from .paths import load_benchmark
+    from ..paths import load_benchmark
 
     loaded = load_benchmark("bench_gmm")
     if loaded is None:
@@ -518,7 +518,7 @@ def sampler_versions() -> dict | None:
     ``source``, ``landed_commit``, ``commit`` (of the measurement), ``d``,
     ``paper_grid_seed_steps``.
     """
-    from .paths import load_benchmark
+    from ..paths import load_benchmark
 
     loaded = load_benchmark("bench_reduced_versions")
     if loaded is None:
@@ -627,7 +627,7 @@ def write_batch_scan(G: GMMGridConfig, folder, workers: int = 1, command: str = 
     per-run CSVs, provenance) in ``folder``."""
     import tempfile
 
-    from .archive import current_commit, write_archive
+    from ..archive import current_commit, write_archive
 
     commit = current_commit()
     t = time.perf_counter()
@@ -641,7 +641,7 @@ def load_batch_scan(G: GMMGridConfig, workers: int = 1):
     """The scan's point rows for ``G``: from the archive ``data/BSCAN_ARCHIVE`` when its
     configuration is ``G``'s, else computed (cached). Returns ``(rows, provenance or None)``;
     numeric fields as numbers."""
-    from .archive import data_dir, json_roundtrip, read_archive
+    from ..archive import data_dir, json_roundtrip, read_archive
 
     got = read_archive(data_dir(BSCAN_ARCHIVE))
     if got is not None and got[1]["config"] == json_roundtrip(batch_scan_config(G)):
@@ -684,7 +684,7 @@ def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list
 def batch_scan_z(rows: list[dict], sampling: str):
     """``(z of the finite-batch theory at every point, z of the ODE-propagated probability at
     the points of the main protocol)``: |Monte Carlo - theory| over the combined standard error
-    (:func:`annealvi_lib.collapse_plots.z_scores`; the finite-batch theory's own sampling error
+    (:func:`annealvi_lib.figures.collapse_plots.z_scores`; the finite-batch theory's own sampling error
     included)."""
     def counts(rs):
         return (np.array([r["n_collapsed"] for r in rs], float),
@@ -778,13 +778,13 @@ def noise_moment_rows(G: GMMGridConfig, n_draws: int = 2000, seed: int = 5,
     responsibilities' fluctuation not modelled); and, orthogonal to the span, the mean Gram
     matrix over D (diagonal and cross term) -- the sampler's own ``E[C C^T]``, so these rows check
     the moment integrals ``S``, not the Wishart law. The model's values come from
-    :func:`annealvi_lib.collapse.noise_covariance` and
-    :func:`annealvi_lib.collapse.target_pull_correction`. Returns rows with the relative
+    :func:`annealvi_lib.theory.collapse.noise_covariance` and
+    :func:`annealvi_lib.theory.collapse.target_pull_correction`. Returns rows with the relative
     difference and its sampling standard error (``sqrt(2/n)`` for an empirical variance; the
     standard error of the mean for the Gram entries).
     """
-    from . import reduced as Rd
-    from .student import Hyper
+    from ..models import reduced as Rd
+    from ..models.student import Hyper
 
     p = G.problem
     hyper = Hyper(lr=p.lr, batch=p.batch, sampling=p.sampling)

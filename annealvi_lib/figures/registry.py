@@ -11,7 +11,7 @@ figure with one decorator::
         return plot_heatmap(result)
 
 ``python -m annealvi_lib figures [NAME ...] [--preset P] [--out DIR] [--list]`` saves each one
-as PDF and 300-dpi PNG with :func:`annealvi_lib.plotting.save_figure`.
+as PDF and 300-dpi PNG with :func:`annealvi_lib.figures.style.save_figure`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import Preset
+from ..config import Preset
 
 __all__ = ["FigureSpec", "register", "registry", "get", "select", "render", "save"]
 
@@ -98,7 +98,7 @@ def select(patterns: list[str] | tuple[str, ...] = ()) -> list[FigureSpec]:
 
 def render(name: str, preset: Preset):
     """Draw the figure ``name`` at ``preset`` (book style); returns the matplotlib Figure."""
-    from .plotting import set_style
+    from .style import set_style
 
     set_style()
     return get(name).fn(preset)
@@ -109,7 +109,7 @@ def save(name: str, preset: Preset, out_dir: str | os.PathLike | None = None) ->
     returns the paths."""
     import matplotlib.pyplot as plt
 
-    from .plotting import save_figure
+    from .style import save_figure
 
     fig = render(name, preset)
     try:
@@ -128,14 +128,16 @@ def _load_chapter_modules() -> None:
 
     for mod in _CHAPTER_MODULES:
         try:
-            importlib.import_module(f"{__package__}.{mod}")
+            importlib.import_module(f"annealvi_lib.{mod}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{mod}":
+            if exc.name != f"annealvi_lib.{mod}":
                 raise
 
 
-#: library modules (relative names) that define ``@register``-ed figures of chapters 2-5
-_CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "ode_study", "realnvp_study", "schedule_design")
+#: modules (names relative to the package) that define ``@register``-ed figures of chapters 2-5
+_CHAPTER_MODULES: tuple[str, ...] = ("experiments.ch2_summary_statistics",
+                                     "experiments.ch3_collapse_probability",
+                                     "experiments.ch4_realnvp", "experiments.ch5_schedule_design")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ _CHAPTER_MODULES: tuple[str, ...] = ("gmm_study", "ode_study", "realnvp_study", 
 # --------------------------------------------------------------------------------------------
 
 def _opening_runs(preset: Preset):
-    from .opening import cached_opening_experiment, opening_n_seeds
+    from ..experiments.ch1_mode_collapse import cached_opening_experiment, opening_n_seeds
 
     return cached_opening_experiment(preset.demo, n_seeds=opening_n_seeds(preset.name))
 
@@ -151,7 +153,7 @@ def _opening_runs(preset: Preset):
 @register("ch1_tempered_marginals", chapter=1,
           description="marginal of the tempered target along mu* for several beta")
 def _ch1_tempered_marginals(preset: Preset):
-    from .opening import plot_tempered_marginals
+    from ..experiments.ch1_mode_collapse import plot_tempered_marginals
 
     p = preset.demo.problem
     return plot_tempered_marginals(p.R, p.w_star)
@@ -159,7 +161,7 @@ def _ch1_tempered_marginals(preset: Preset):
 
 @register("ch1_schedules", chapter=1, description="beta(t) of the five annealing schedules")
 def _ch1_schedules(preset: Preset):
-    from .opening import plot_schedules
+    from ..experiments.ch1_mode_collapse import plot_schedules
 
     cfg = preset.demo
     return plot_schedules(cfg.beta_i, cfg.t0, cfg.n_iter_annealed)
@@ -168,7 +170,7 @@ def _ch1_schedules(preset: Preset):
 @register("ch1_opening_marginals", chapter=1,
           description="opening experiment: target and student marginals along mu* over time")
 def _ch1_opening_marginals(preset: Preset):
-    from .opening import plot_opening_marginals, representative_seeds
+    from ..experiments.ch1_mode_collapse import plot_opening_marginals, representative_seeds
 
     p = preset.demo.problem
     runs = _opening_runs(preset)
@@ -178,7 +180,7 @@ def _ch1_opening_marginals(preset: Preset):
 @register("ch1_final_overlaps", chapter=1,
           description="opening experiment: final overlap s of every run of each arm")
 def _ch1_final_overlaps(preset: Preset):
-    from .opening import plot_final_overlaps, representative_seeds
+    from ..experiments.ch1_mode_collapse import plot_final_overlaps, representative_seeds
 
     runs = _opening_runs(preset)
     return plot_final_overlaps(runs, representative_seeds(runs))
@@ -187,6 +189,6 @@ def _ch1_final_overlaps(preset: Preset):
 @register("ch1_variances", chapter=1,
           description="annealed arm: variances against the equilibrium 1/beta(t)")
 def _ch1_variances(preset: Preset):
-    from .opening import plot_variances
+    from ..experiments.ch1_mode_collapse import plot_variances
 
     return plot_variances(_opening_runs(preset)["annealed"])

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
-from ._validate import (check_choice, check_int_at_least, check_open_unit, check_positive)
-from .schedules import Schedule
+from .._validate import (check_choice, check_int_at_least, check_open_unit, check_positive)
+from ..models.schedules import Schedule
 
 __all__ = [
     "gauss_sigmoid_mean",
@@ -342,7 +342,7 @@ def _map_step(m1, m2, s, v1, v2, beta, lr, R, w_star, w1, d_over_batch):
 
 class OdeTrajectory(NamedTuple):
     """Integrated statistics at steps 0..n_iter (shape (..., n_iter + 1), aligned with
-    :class:`annealvi_lib.student.Trajectory`: entry t = state before step t). ``var1, var2`` are
+    :class:`annealvi_lib.models.student.Trajectory`: entry t = state before step t). ``var1, var2`` are
     ``1/beta`` for the 3-statistic ODE."""
 
     m1: jax.Array
@@ -355,7 +355,7 @@ class OdeTrajectory(NamedTuple):
 
 def _validate_common(schedule, n_iter, R, w_star, lr, w1, method, substeps, d_over_batch):
     if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an annealvi_lib.schedules.Schedule, got {schedule!r}")
+        raise ValueError(f"schedule must be an annealvi_lib.models.schedules.Schedule, got {schedule!r}")
     n_iter = check_int_at_least("n_iter", n_iter, 0)
     check_positive("R", R)
     check_open_unit("w_star", w_star)
@@ -523,8 +523,8 @@ def initial_stats(init_keys, target):
     Returns:
       array (S, 3).
     """
-    from ._rng import fast_threefry
-    from .student import init_student
+    from .._rng import fast_threefry
+    from ..models.student import init_student
 
     # same PRNG bit layout as simulate_seeds draws its initial means with (else other means)
     with fast_threefry():

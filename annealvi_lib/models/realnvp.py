@@ -29,7 +29,7 @@ away the norm and the mean of ``x_A`` -- exactly the radial information a flow n
 Gaussians of a changing width.)
 
 Training (:func:`train_seeds`) minimises ``L_hat = mean_b[beta U(x_b) + log q(x_b)]`` with Adam,
-beta from a :class:`~annealvi_lib.schedules.Schedule`, as one jit-compiled ``lax.scan`` over
+beta from a :class:`~annealvi_lib.models.schedules.Schedule`, as one jit-compiled ``lax.scan`` over
 steps, ``vmap``-ped over seeds. Parameters are a pure pytree (``nnx.split``) so that the whole
 initialisation + training is a pure function of the key.
 """
@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ._validate import (check_beta, check_choice, check_int_at_least, check_positive)
+from .._validate import (check_beta, check_choice, check_int_at_least, check_positive)
 from .schedules import SCHEDULES, Schedule
 from .targets import Target, log_partition, log_prob, make_target
 
@@ -524,7 +524,7 @@ def train_seeds(keys: jax.Array, spec: FlowSpec, schedule: Schedule, n_iter: int
         raise ValueError(f"record_every must be in [1, n_iter={n_iter}], got {record_every}")
     n_eval = check_int_at_least("n_eval", n_eval, 2)
     if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an annealvi_lib.schedules.Schedule, got {schedule!r}")
+        raise ValueError(f"schedule must be an annealvi_lib.models.schedules.Schedule, got {schedule!r}")
     if (target is None) == (log_density is None):
         raise ValueError("give exactly one of target (a Target) or log_density (a callable)")
     if target is not None:
@@ -580,13 +580,13 @@ def train(key: jax.Array, spec: FlowSpec, schedule: Schedule, n_iter: int, **kwa
 
 # ---------------------------------------------------------------------------- grid cells
 
-#: Per-run fields returned by :func:`run_realnvp_cell` (and cached by :mod:`annealvi_lib.grid`).
+#: Per-run fields returned by :func:`run_realnvp_cell` (and cached by :mod:`annealvi_lib.experiments.grid`).
 REALNVP_RUN_FIELDS = ("collapsed", "failed", "proj_std", "proj_mean", "mass_plus", "ess", "kl")
 
 
 def grid_target(cfg, master_seed: int) -> Target:
     """The RealNVP study's target: random mu* fixed by ``master_seed`` alone (same on all cells)."""
-    from .seeding import run_keys
+    from ..seeding import run_keys
 
     key = run_keys(int(master_seed), ("mu_star",), np.array([0]))[0]
     return make_target(cfg.d, cfg.R, cfg.w_star, key=key)
@@ -612,8 +612,8 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
       dict of arrays of shape (n,): ``collapsed``, ``failed`` (bool), ``proj_std``, ``proj_mean``,
       ``mass_plus``, ``ess``, ``kl`` (see :func:`annealvi_lib.metrics.run_summary`).
     """
-    from .metrics import divergence_limits, run_summary
-    from .seeding import run_keys
+    from ..metrics import divergence_limits, run_summary
+    from ..seeding import run_keys
 
     beta_i = check_beta("beta_i", beta_i)
     t0 = check_positive("t0", t0)
@@ -632,7 +632,7 @@ def run_realnvp_cell(cfg, beta_i: float, t0: float, replicates: np.ndarray,
     # padded by repeating its last run, then dropped): every run of the configuration goes
     # through one compiled program, whatever replicates are asked for -- so a subset of a
     # cell's replicates reproduces the full cell's rows bit for bit, by construction
-    from .seeding import padded_blocks
+    from ..seeding import padded_blocks
 
     width = cell_block_width(cfg)
     # blocks go round-robin to the local devices (all GPUs of a machine) and are all dispatched

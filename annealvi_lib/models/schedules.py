@@ -21,7 +21,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ._validate import check_beta, check_choice, check_positive
+from .._validate import check_beta, check_choice, check_positive
 
 __all__ = [
     "SCHEDULES",

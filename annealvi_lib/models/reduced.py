@@ -1,5 +1,5 @@
 """Reduced O(B + d)-per-step sampler of the GMM student: the same Markov chain on the summary
-statistics ``(m1, m2, s, var1, var2)`` as the exact sampler of :mod:`annealvi_lib.student`,
+statistics ``(m1, m2, s, var1, var2)`` as the exact sampler of :mod:`annealvi_lib.models.student`,
 without d-dimensional vectors.
 
 Why it is possible
@@ -90,9 +90,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._rng import fast_threefry
-from ._validate import check_int_at_least, check_positive
-from .seeding import lanes, padded_blocks
+from .._rng import fast_threefry
+from .._validate import check_int_at_least, check_positive
+from ..seeding import lanes, padded_blocks
 from .schedules import Schedule
 from .student import WEIGHTS, Hyper, Trajectory, init_student, summary_stats
 from .targets import Target, log_partition
@@ -159,7 +159,7 @@ class ReducedState(NamedTuple):
 
 
 def reduced_from_student(state, target: Target) -> ReducedState:
-    """Statistics of a full :class:`~annealvi_lib.student.StudentState` (mu shape (2, d))."""
+    """Statistics of a full :class:`~annealvi_lib.models.student.StudentState` (mu shape (2, d))."""
     m1, m2, s = summary_stats(state, target)
     return ReducedState(m=jnp.stack([m1, m2]), s=s, var=state.var)
 
@@ -167,8 +167,8 @@ def reduced_from_student(state, target: Target) -> ReducedState:
 def init_reduced(init_key: jax.Array, target: Target, var0: float) -> ReducedState:
     """Initial statistics with exactly the law of the exact sampler's initialisation.
 
-    Literally :func:`~annealvi_lib.student.init_student` followed by
-    :func:`~annealvi_lib.student.summary_stats` (O(d) once per run), so that the same
+    Literally :func:`~annealvi_lib.models.student.init_student` followed by
+    :func:`~annealvi_lib.models.student.summary_stats` (O(d) once per run), so that the same
     ``init_key`` gives the same ``(m1, m2, s)`` in both samplers.
     """
     return reduced_from_student(init_student(init_key, target.d, target.R, var0), target)
@@ -211,7 +211,7 @@ def reduced_loss(mu, var, c, zs, r2, beta, R, w_star, d):
       r2: squared norms of the perpendicular noise, shape (2, B) (chi^2_{d-3}).
       beta: inverse temperature; R, w_star: target parameters; d: full dimension.
     Returns:
-      scalar loss, equal sample by sample to :func:`~annealvi_lib.student.mc_loss` with the
+      scalar loss, equal sample by sample to :func:`~annealvi_lib.models.student.mc_loss` with the
       corresponding d-dimensional noise.
     """
     sig = jnp.sqrt(var)
@@ -369,7 +369,7 @@ def _fast_grads_labels(mu, var, zs, r2, onehot, weight, beta, R, w_star, d):
 def reduced_grads_labels(mu, var, zs, r2, labels, beta, R, w_star, d, weight=None):
     """Closed-form reduced loss and gradients of the categorical protocol (labelled samples).
 
-    Sample by sample equal to :func:`~annealvi_lib.student.mc_loss_categorical` and its
+    Sample by sample equal to :func:`~annealvi_lib.models.student.mc_loss_categorical` and its
     gradients with the corresponding d-dimensional noise (``z_b`` split into its span
     coordinates and the squared norm of its perpendicular part).
 
@@ -757,7 +757,7 @@ def reduced_step(state: ReducedState, key: jax.Array, target: Target, beta, hype
 def run_with_range(key: jax.Array, state0: ReducedState, target: Target, betas, hyper: Hyper):
     """Final state of ``n_iter = len(betas) - 1`` reduced steps and the range of the variances
     visited (the grid runner's entry point; the reduced twin of
-    :func:`annealvi_lib.student.run_with_range`, with the same keys: step t uses key t of
+    :func:`annealvi_lib.models.student.run_with_range`, with the same keys: step t uses key t of
     ``split(key, n_iter + 1)``).
 
     Each step's noise is drawn one scan iteration ahead and carried: crossing the loop boundary,
@@ -833,17 +833,17 @@ def simulate_reduced(key: jax.Array, state0: ReducedState, target: Target, sched
                      n_iter: int, hyper: Hyper = Hyper(), record: bool = True):
     """Run ``n_iter`` reduced JKO steps along ``schedule`` (``lax.scan`` under ``jit``).
 
-    Same contract as :func:`annealvi_lib.student.simulate`, on the statistics.
+    Same contract as :func:`annealvi_lib.models.student.simulate`, on the statistics.
 
     Args:
       key: PRNG key for the Monte-Carlo noise of this run.
       state0: initial :class:`ReducedState` (e.g. from :func:`init_reduced`).
-      target: the :class:`~annealvi_lib.targets.Target` (d >= 5; only d, R, w_star are used).
-      schedule: a :class:`~annealvi_lib.schedules.Schedule`; step t uses beta = schedule(t).
+      target: the :class:`~annealvi_lib.models.targets.Target` (d >= 5; only d, R, w_star are used).
+      schedule: a :class:`~annealvi_lib.models.schedules.Schedule`; step t uses beta = schedule(t).
       n_iter: number of steps (integer >= 0).
       hyper: learning rate, batch B and sampling protocol (B per component when stratified,
         in total when categorical).
-      record: also return a :class:`~annealvi_lib.student.Trajectory` (length n_iter + 1; entry
+      record: also return a :class:`~annealvi_lib.models.student.Trajectory` (length n_iter + 1; entry
         t = state before step t; ``kl`` = loss + exact log Z_beta).
     Returns:
       ``(final ReducedState, trajectory_or_None)``.
@@ -875,7 +875,7 @@ def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: 
 
     Args:
       init_keys, noise_keys: keys of shape (S,).
-      target: the :class:`~annealvi_lib.targets.Target` (d >= 5).
+      target: the :class:`~annealvi_lib.models.targets.Target` (d >= 5).
       betas: inverse temperatures at steps 0..n_iter, shape (n_iter + 1,) (shared) or
         (S, n_iter + 1) (per run), values in (0, 1]; e.g. ``schedule(jnp.arange(n_iter + 1))``.
       hyper: learning rate, batch B and sampling protocol (static; B per component when
@@ -939,7 +939,7 @@ def simulate_reduced_seeds(init_keys, noise_keys, target: Target, schedule: Sche
                            n_iter: int, hyper: Hyper = Hyper(), var0: float | None = None,
                            record: bool = True):
     """Many independent reduced runs at once (``vmap`` over seeds), mirroring
-    :func:`annealvi_lib.student.simulate_seeds`.
+    :func:`annealvi_lib.models.student.simulate_seeds`.
 
     The initial statistics come from :func:`init_reduced` with the same ``init_keys``, so they
     are *identical* (to float round-off) to those of ``student.simulate_seeds`` with the same
@@ -948,11 +948,11 @@ def simulate_reduced_seeds(init_keys, noise_keys, target: Target, schedule: Sche
     :func:`simulate_reduced_betas`.
 
     Args:
-      init_keys, noise_keys: keys of shape (S,), e.g. from :func:`~annealvi_lib.student.seed_keys`.
+      init_keys, noise_keys: keys of shape (S,), e.g. from :func:`~annealvi_lib.models.student.seed_keys`.
       var0: initial variance (default ``1 / beta(0)``, the paper's choice).
     Returns:
       ``(final ReducedState, trajectories)`` with a leading seed axis of size S. Classify with
-      :func:`~annealvi_lib.student.classify_collapse` on ``final.s`` (non-finite -> failed).
+      :func:`~annealvi_lib.models.student.classify_collapse` on ``final.s`` (non-finite -> failed).
     """
     _check_dim(target)
     n_iter = check_int_at_least("n_iter", n_iter, 0)

@@ -1,10 +1,10 @@
 """Practical guidance: how hot to start and how long to anneal for a target collapse probability.
 
-Based on the closed form of :mod:`annealvi_lib.collapse` for the exponential schedule: the
+Based on the closed form of :mod:`annealvi_lib.theory.collapse` for the exponential schedule: the
 amplification exponent is ``I = t0 * per_step(beta_i)``, so for a target probability the
 shortest annealing time is reached at the ``beta_i`` that maximises ``per_step`` — which is the
-``beta_i`` of :func:`~annealvi_lib.collapse.optimal_beta_i` (independent of t0) — and the time
-then follows from :func:`~annealvi_lib.collapse.annealing_time_for_probability`.
+``beta_i`` of :func:`~annealvi_lib.theory.collapse.optimal_beta_i` (independent of t0) — and the time
+then follows from :func:`~annealvi_lib.theory.collapse.annealing_time_for_probability`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ._validate import check_open_unit
+from .._validate import check_open_unit
 from .collapse import (annealing_time_for_probability, collapse_probability,
                        derived_alpha, optimal_beta_i)
-from .schedules import annealing_rate
+from ..models.schedules import annealing_rate
 
 __all__ = ["Recommendation", "recommend_schedule"]
 

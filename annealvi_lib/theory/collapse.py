@@ -75,11 +75,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import erf, erfinv, lambertw
 
-from ._validate import check_choice, check_int_at_least, check_open_unit, check_positive
-from .schedules import SCHEDULES
-from . import theory
-from ._rng import fast_threefry
-from .config import SAMPLINGS
+from .._validate import check_choice, check_int_at_least, check_open_unit, check_positive
+from ..models.schedules import SCHEDULES
+from . import ode as theory
+from .._rng import fast_threefry
+from ..config import SAMPLINGS
 
 __all__ = [
     "PAPER_ALPHA",
@@ -162,7 +162,7 @@ def stability_exponents(beta, *, R: float, w_star: float, w1: float = 0.5):
       ``(a1, a2, F, lam_rel)`` arrays: the single-mean instability rates ``a_k = -w_k g'(0)``, the
       entropy coupling ``F = f(-1)``, and the smallest eigenvalue of the in-plane Jacobian
       ``J = [[a1 - F, F], [F, a2 - F]]`` (negative: antipodal state stable; its sign change is
-      beta_c). Uses :func:`annealvi_lib.theory.f` and the quadratures of :mod:`theory`.
+      beta_c). Uses :func:`annealvi_lib.theory.ode.f` and the quadratures of :mod:`theory`.
     """
     R = check_positive("R", R)
     w_star = check_open_unit("w_star", w_star)
@@ -326,7 +326,7 @@ def lagged_annealing_exponent(beta_i, t0, *, R: float, lr: float, alpha, schedul
     Args:
       beta_i, t0: cells (broadcast arrays; beta_i in (0, 1], t0 > 0 steps).
       R, lr: problem. alpha: ``beta_c R^2`` (> 0), scalar or 1-d array (a leading axis is added).
-      schedule: a name of :data:`annealvi_lib.schedules.SCHEDULES`. var0: initial variance(s)
+      schedule: a name of :data:`annealvi_lib.models.schedules.SCHEDULES`. var0: initial variance(s)
         (default ``1/beta_i``).
     Returns:
       I_lag with the broadcast shape of (beta_i, t0), preceded by alpha's axis if alpha is an array.
@@ -748,7 +748,7 @@ def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr:
     For every cell ``(beta_i, t0)`` (broadcast arrays) the expected discrete JKO map (DESIGN 4.1's
     ODE with the renormalisation |mu_k| = R done exactly, one map step per simulation step, beta =
     schedule(t)) is integrated from ``n_samples`` exact draws of the initial statistics
-    (:func:`annealvi_lib.theory.sample_initial_stats`: means i.i.d. Gaussian in d dimensions,
+    (:func:`annealvi_lib.theory.ode.sample_initial_stats`: means i.i.d. Gaussian in d dimensions,
     rescaled to the sphere; the same draws for every cell: common random numbers). A run counts
     as collapsed when its overlap s at step ``n_iter`` is > 0.
 
@@ -774,7 +774,7 @@ def ode_collapse_probability(beta_i, t0, *, d: int, R: float, w_star: float, lr:
       n_iter: steps per cell (scalar or broadcast array); default ``ceil(t0) + n_extra`` (the
         Monte-Carlo protocol's ``t0 + n_iter_extra``).
       n_samples: initial conditions per cell (>= 1).
-      schedule: a name of :data:`annealvi_lib.schedules.SCHEDULES`.
+      schedule: a name of :data:`annealvi_lib.models.schedules.SCHEDULES`.
       var0: initial variance(s) (default ``1 / beta(0)``).
     Returns:
       :class:`OdeCollapse` (p, se of the broadcast grid shape).
@@ -830,7 +830,7 @@ def noise_covariance(s, v, beta, *, R: float, batch_per_component: float):
     Leading-order model: the fluctuating part of ``grad_{mu_j} L`` is the reparameterisation
     (score) term ``sum_kb (w_k/B) c_{j,kb} z_kb / sqrt(v)`` with isotropic ``z_kb``, so its
     covariance is ``Q (x) I_d`` with ``Q_jl = S_jl / (v B)``, ``S`` the equal-weight moments
-    ``S_jl = sum_k w_k^2 E_{q_k}[c_jk c_lk]`` of :func:`annealvi_lib.theory._noise_moments`
+    ``S_jl = sum_k w_k^2 E_{q_k}[c_jk c_lk]`` of :func:`annealvi_lib.theory.ode._noise_moments`
     (``c_jj = r_j + beta v - 1``, ``c_jk = r_j`` otherwise; r: responsibilities). This is *exact*
     for the components orthogonal to span{mu*, mu1, mu2} (the reduced sampler's ``E[S]/D``). In
     the span two terms of the per-sample gradient fluctuate as well: the target pull

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validate import check_int_at_least, check_open_unit, check_positive
+from .._validate import check_int_at_least, check_open_unit, check_positive
 
 __all__ = [
     "Target",

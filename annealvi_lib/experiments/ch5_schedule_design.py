@@ -19,7 +19,7 @@ with equality for beta_t = beta_c^- throughout: the *step* schedule held just be
 toward the heavy mode as beta approaches beta_c, and the entropy coupling that makes the pair
 antipodal weakens); :func:`theory_scan` finds it for each family.
 
-The Monte Carlo runs the reduced sampler through :func:`annealvi_lib.grid.run_grid` (cached per
+The Monte Carlo runs the reduced sampler through :func:`annealvi_lib.experiments.grid.run_grid` (cached per
 cell, keys from (master seed, schedule, beta_i, t0, replicate)). The full study costs about 20
 minutes on 2 cores, so the book reads it from ``data/schedule_design``
 (``python -m annealvi_lib design-archive``) when the configuration matches, else computes it.
@@ -35,11 +35,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from . import collapse as C
-from ._validate import (check_choice, check_int_at_least, check_open_unit, check_positive)
-from .config import DesignConfig, GMMGridConfig, Problem, grid_beta
+from ..theory import collapse as C
+from .._validate import (check_choice, check_int_at_least, check_open_unit, check_positive)
+from ..config import DesignConfig, GMMGridConfig, Problem, grid_beta
 from .grid import run_grid
-from .metrics import difference_interval
+from ..metrics import difference_interval
 
 __all__ = ["THEORIES", "BEST_THEORY", "HOLD_FRACTION", "predict", "closed_form_bound",
            "theory_scan", "optimal_points", "mc_points", "family_table", "family_ranking",
@@ -74,7 +74,7 @@ def predict(problem: Problem, schedule: str, beta_i, t0, *, n_iter_extra: int, n
 
     Args:
       problem: target and optimiser (d, R, w_star, lr, batch, sampling).
-      schedule: a family of :data:`annealvi_lib.schedules.SCHEDULES`; ``constant`` is the
+      schedule: a family of :data:`annealvi_lib.models.schedules.SCHEDULES`; ``constant`` is the
         no-annealing row (beta_i must be 1; the closed forms are then ``erf(sqrt(d) eps)``, the
         paper's, and ``Phi(x)^2 + Phi(-x)^2``, chapter 3's independent-means formula).
       n_iter_extra: steps after t0 (runs last ``ceil(t0) + n_iter_extra`` steps unless
@@ -131,9 +131,9 @@ def direct_exponent(problem: Problem, schedule: str, beta_i: float, t0: float,
                     alpha: float | None = None) -> float:
     """The amplification exponent summed step by step from the schedule function itself,
     ``(R / sqrt(2 pi)) lr sum_{t < t0, beta_t < beta_c} sqrt(beta_t)``: an independent check of
-    the closed-form integrals of :func:`annealvi_lib.collapse.annealing_exponent` (equal up to
+    the closed-form integrals of :func:`annealvi_lib.theory.collapse.annealing_exponent` (equal up to
     the O(1/t0) difference between a sum and an integral)."""
-    from .schedules import SCHEDULES
+    from ..models.schedules import SCHEDULES
 
     alpha = C.derived_alpha(problem.R, problem.w_star) if alpha is None else alpha
     beta_c = alpha / problem.R**2
@@ -181,8 +181,8 @@ def mc_points(problem: Problem, schedule: str, cells, *, n_seeds: int, n_iter_ex
     """Monte Carlo (reduced sampler) of the cells ``[(beta_i, t0), ...]`` under one schedule
     family: one summary row per cell (``n_runs``, ``n_collapsed``, ``n_failed``, ``p_collapse``,
     ``ci_low``, ``ci_high`` and ``n_undecided``: finished runs whose final ``|s| <``
-    :data:`~annealvi_lib.collapse_plots.SETTLED_S`, not yet settled), in the order of ``cells``."""
-    from .collapse_plots import SETTLED_S
+    :data:`~annealvi_lib.figures.collapse_plots.SETTLED_S`, not yet settled), in the order of ``cells``."""
+    from ..figures.collapse_plots import SETTLED_S
 
     cfg = GMMGridConfig(problem=problem, log10_beta_r2=(0.0,), t0s=(100.0,), n_seeds=n_seeds,
                         n_iter_extra=n_iter_extra, schedule=schedule, seed=seed,
@@ -424,7 +424,7 @@ def validity(rows: list[dict], theories=THEORIES, z_max: float = VALID_Z,
     known), and whether it holds (``max_z <= z_max``). The theories in ``annealed_only`` are
     judged on the annealed cells only: the paper's closed form does not describe training without
     annealing (chapter 3), where the other theories make their own predictions."""
-    from .collapse_plots import z_scores
+    from ..figures.collapse_plots import z_scores
 
     out = []
     for key in dict.fromkeys((r["R"], r["w_star"]) for r in rows):
@@ -525,7 +525,7 @@ def recommend(p_target: float, *, d: int, R: float, w_star: float, schedule: str
     Raises:
       ValueError naming the argument and its allowed range.
     """
-    from .config import FAMILIES
+    from ..config import FAMILIES
 
     p_target = check_open_unit("p", p_target)
     d = check_int_at_least("d", d, 33)
@@ -681,7 +681,7 @@ _TEXT = ("family", "schedule", "status", "asked")
 
 def design_config(cfg: DesignConfig) -> dict:
     """What the chapter's numbers depend on (compared with an archive's provenance)."""
-    from .archive import json_roundtrip
+    from ..archive import json_roundtrip
 
     return json_roundtrip({"design": dataclasses.asdict(cfg)})
 
@@ -702,7 +702,7 @@ def write_design_archive(cfg: DesignConfig, folder, workers: int = 1, command: s
     """Compute chapter 5 from scratch (a fresh results cache) and archive it in ``folder``."""
     import tempfile
 
-    from .archive import current_commit, write_archive
+    from ..archive import current_commit, write_archive
 
     commit = current_commit()
     t = time.perf_counter()
@@ -730,7 +730,7 @@ def _numeric(rows: list[dict]) -> list[dict]:
 def load_design(cfg: DesignConfig, workers: int = 1, cache=None, progress: bool | None = None):
     """``(tables, provenance or None)``: from ``data/DESIGN_ARCHIVE`` when it holds this
     configuration, else computed (Monte Carlo cached per cell)."""
-    from .archive import data_dir, read_archive
+    from ..archive import data_dir, read_archive
 
     got = read_archive(data_dir(DESIGN_ARCHIVE))
     if got is not None and got[1]["config"] == design_config(cfg):
@@ -750,7 +750,7 @@ _FAMILY_LABEL_EXTRA = {"hold at beta_c": r"hold at $0.98\,\beta_c$ (closed form'
 def family_label(name: str, short: bool = False) -> str:
     """Reader-facing name of a family (or of the closed form's best schedule; ``short`` drops
     its parenthesis)."""
-    from .plotting import SCHEDULE_LABELS
+    from ..figures.style import SCHEDULE_LABELS
 
     if short and name == "hold at beta_c":
         return r"hold at $0.98\,\beta_c$"
@@ -763,7 +763,7 @@ def plot_families(scan: list[dict], rows: list[dict], beta_c: float, R: float):
     and at the closed form's best schedule (black square); dotted line: beta_c."""
     import matplotlib.pyplot as plt
 
-    from .plotting import SCHEDULE_STYLES
+    from ..figures.style import SCHEDULE_STYLES
 
     budgets = list(dict.fromkeys(r["t0"] for r in rows))
     fig, axs = plt.subplots(1, len(budgets), figsize=(3.3 * len(budgets) + 0.4, 3.8),
@@ -884,7 +884,7 @@ def _tables(preset):
 
 
 def _register_figures():
-    from .figures import register
+    from ..figures.registry import register
 
     @register("ch5_families", chapter=5,
               description="schedule families at fixed budgets: predicted and measured P(collapse)")

@@ -29,15 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__
-from . import student as st
-from . import theory as th
-from ._validate import check_int_at_least, check_positive
-from .cache import load_npz, save_npz_atomic
-from .config import OdeCheckConfig, Preset
-from .figures import register
-from .schedules import Schedule
-from .targets import make_target
+from .. import __version__
+from ..models import student as st
+from ..theory import ode as th
+from .._validate import check_int_at_least, check_positive
+from ..cache import load_npz, location_free, save_npz_atomic
+from ..config import OdeCheckConfig, Preset
+from ..figures.registry import register
+from ..models.schedules import Schedule
+from ..models.targets import make_target
 
 __all__ = [
     "preset_rows", "gradient_check", "f_identity_error", "quadrature_check", "map_order",
@@ -189,7 +189,8 @@ def map_order(R: float, w_star: float = 0.8, lrs=(1e-2, 5e-3, 2.5e-3),
 # on-disk cache of the expensive experiments
 # --------------------------------------------------------------------------------------------
 
-_SOURCES = ("theory.py", "student.py", "targets.py", "schedules.py", "_rng.py")
+_SOURCES = ("theory/ode.py", "models/student.py", "models/targets.py", "models/schedules.py",
+            "_rng.py")
 
 
 def _source_digest(kind: str) -> str:
@@ -202,11 +203,11 @@ def _source_digest(kind: str) -> str:
     cell) uses the parser ("AST constructor recursion depth mismatch").
     """
     h = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for name in _SOURCES:
-        h.update((here / name).read_bytes())
+    package = Path(__file__).resolve().parents[1]
+    for name in _SOURCES:   # location-free text: moving a module keeps the key (see cache.py)
+        h.update(location_free((package / name).read_text()).encode())
     fn_name, cls_name = _EXPERIMENT_CODE[kind]
-    h.update(inspect.getsource(globals()[fn_name]).encode())
+    h.update(location_free(inspect.getsource(globals()[fn_name])).encode())
     h.update(" ".join(globals()[cls_name]._fields).encode())
     return h.hexdigest()[:12]
 
@@ -222,8 +223,8 @@ def cache_path(kind: str, C: OdeCheckConfig, cache: str | os.PathLike | None = N
       C: the chapter's configuration.
       cache: cache folder (default :func:`annealvi_lib.paths.cache_dir`).
     """
-    from ._validate import check_choice
-    from .paths import cache_dir
+    from .._validate import check_choice
+    from ..paths import cache_dir
 
     check_choice("kind", kind, tuple(_EXPERIMENTS))
     payload = json.dumps({"kind": kind, "cfg": dataclasses.asdict(C), "version": __version__,

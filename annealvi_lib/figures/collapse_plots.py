@@ -1,6 +1,6 @@
 """Figures and agreement tables for the collapse-probability grids (chapters 3 and 4).
 
-All functions take plain arrays (e.g. from :func:`annealvi_lib.grid.run_grid` summaries) and
+All functions take plain arrays (e.g. from :func:`annealvi_lib.experiments.grid.run_grid` summaries) and
 return matplotlib figures, so the book and the ``figures`` CLI draw identical plots.
 """
 
@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .plotting import PALETTE
-from .schedules import annealing_rate
+from .style import PALETTE
+from ..models.schedules import annealing_rate
 
 __all__ = ["SETTLED_S", "UNDECIDED_MAX", "summary_arrays", "undecided_counts",
            "undecided_fraction", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
@@ -47,7 +47,7 @@ def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
 def undecided_counts(runs: Sequence[dict], beta_is, t0s) -> np.ndarray:
     """Finished runs still undecided (final ``|s| < SETTLED_S``) per cell, shape
     ``(len(beta_is), len(t0s))``, from per-run rows with keys ``beta_i``, ``t0``, ``s`` (e.g.
-    :class:`annealvi_lib.grid.GridResult` ``.runs``; axes as in :func:`summary_arrays`)."""
+    :class:`annealvi_lib.experiments.grid.GridResult` ``.runs``; axes as in :func:`summary_arrays`)."""
     out = np.zeros((len(beta_is), len(t0s)))
     for run in runs:
         s_end = float(run["s"])
@@ -58,7 +58,7 @@ def undecided_counts(runs: Sequence[dict], beta_is, t0s) -> np.ndarray:
 
 def undecided_fraction(arrays: dict) -> np.ndarray:
     """``n_undecided / finished runs`` per cell of :func:`summary_arrays` output that carries
-    ``n_undecided`` (see :func:`annealvi_lib.gmm_study.mc_grid`)."""
+    ``n_undecided`` (see :func:`annealvi_lib.experiments.ch3_collapse_probability.mc_grid`)."""
     return arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
 
 

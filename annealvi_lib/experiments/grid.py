@@ -32,7 +32,7 @@ files of different studies or configurations.
 
 Diverged runs: a run whose final statistics are non-finite or leave any physically possible
 range is counted as *failed* (``n_failed``), never as collapsed or not: GMM variances outside
-``[VAR_MIN, variance_limit(beta_i, R)]`` (:func:`annealvi_lib.student.variance_limit`), RealNVP
+``[VAR_MIN, variance_limit(beta_i, R)]`` (:func:`annealvi_lib.models.student.variance_limit`), RealNVP
 spreads or KLs far beyond the target's (:func:`annealvi_lib.metrics.run_summary`).
 """
 
@@ -52,18 +52,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__
-from ._rng import fast_threefry
-from .cache import file_mode, load_npz, probe_writable, save_npz_atomic, source_hash
-from ._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
+from .. import __version__
+from .._rng import fast_threefry
+from ..cache import file_mode, load_npz, probe_writable, save_npz_atomic, source_hash
+from .._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
                         check_shard, check_t0)
-from .config import GMMGridConfig, RealNVPGridConfig
-from .paths import cache_dir as default_cache_dir
-from .schedules import SCHEDULES
-from .seeding import cell_id, lanes, padded_blocks, run_keys
-from .metrics import wilson_interval
-from .student import Hyper, classify_collapse, variance_limit
-from .reduced import LANES as _REDUCED_LANES
+from ..config import GMMGridConfig, RealNVPGridConfig
+from ..paths import cache_dir as default_cache_dir
+from ..models.schedules import SCHEDULES
+from ..seeding import cell_id, lanes, padded_blocks, run_keys
+from ..metrics import wilson_interval
+from ..models.student import Hyper, classify_collapse, variance_limit
+from ..models.reduced import LANES as _REDUCED_LANES
 
 __all__ = [
     "STUDIES",
@@ -165,8 +165,10 @@ def config_hash(study: str, cfg, **extra) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-_SOURCES = {"gmm": ("student.py", "reduced.py", "targets.py", "schedules.py", "seeding.py"),
-            "realnvp": ("realnvp.py", "metrics.py", "targets.py", "schedules.py", "seeding.py")}
+_SOURCES = {"gmm": ("models/student.py", "models/reduced.py", "models/targets.py", "models/schedules.py",
+                    "seeding.py"),
+            "realnvp": ("models/realnvp.py", "metrics.py", "models/targets.py", "models/schedules.py",
+                        "seeding.py")}
 
 
 def grid_id(study: str, cfg, master_seed: int, **extra) -> str:
@@ -188,8 +190,9 @@ def _source_hash(study: str) -> str:
 def _gmm_runs(keys, beta_is, t0s, *, target_d, R, w_star, n_iter, hyper, sampler,
               schedule="exp"):
     """Final statistics of many runs (one per key) of the GMM student; vmapped, jit-compiled."""
-    from . import reduced, student   # local import: reduced imports student
-    from .targets import Target
+    from ..models import reduced
+    from ..models import student   # local import: reduced imports student
+    from ..models.targets import Target
 
     mu_star = jnp.zeros(target_d).at[0].set(1.0)
     target = Target(mu_star=mu_star, R=R, w_star=w_star)
@@ -372,7 +375,7 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
         fields = GMM_RUN_FIELDS
         extra = {"sampler": sampler}
     else:
-        from .realnvp import REALNVP_RUN_FIELDS as fields  # noqa: N811
+        from ..models.realnvp import REALNVP_RUN_FIELDS as fields  # noqa: N811
         for _, t0 in cells:
             if not float(t0).is_integer():
                 raise ValueError(f"t0 must be a whole number of steps for realnvp, got {t0!r}")
@@ -429,7 +432,7 @@ def _compute(study, cfg, sampler, cells, master_seed, progress_update=None):
             yield from run_gmm_group(cfg, group, master_seed, sampler,
                                      on_block=progress_update).items()
     else:
-        from .realnvp import run_realnvp_cell
+        from ..models.realnvp import run_realnvp_cell
 
         for cell in cells:
             data = run_realnvp_cell(cfg, cell[0], cell[1], np.arange(cfg.n_seeds), master_seed)
@@ -569,7 +572,7 @@ def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -
     if result.runs:
         run_cols = tuple(result.runs[0].keys())
     else:                     # an empty shard still writes both files (no stale runs CSV)
-        from .realnvp import REALNVP_RUN_FIELDS
+        from ..models.realnvp import REALNVP_RUN_FIELDS
 
         fields = GMM_RUN_FIELDS if study == "gmm" else REALNVP_RUN_FIELDS
         run_cols = ("beta_i", "t0", "replicate", *fields, *ID_COLUMNS)

@@ -12,7 +12,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .paths import figures_dir
+from ..paths import figures_dir
 
 __all__ = ["PALETTE", "SCHEDULE_LABELS", "SCHEDULE_STYLES", "DATA_COLUMNS", "set_style",
            "save_figure", "figure_data", "write_figure_data"]
@@ -166,7 +166,7 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None,
     paths written to ``out_dir``."""
     import shutil
 
-    from .paths import repo_root
+    from ..paths import repo_root
 
     out = figures_dir(out_dir)
     paths = []
