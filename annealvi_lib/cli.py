@@ -400,7 +400,7 @@ def _cmd_theory(args) -> int:
 
 def _cmd_batch_scan(args) -> int:
     from ._validate import check_int_at_least
-    from .experiments.ch3_collapse_probability import batch_scan_settings, write_batch_scan
+    from .experiments.ch3_finite_batch import batch_scan_settings, write_batch_scan
 
     check_int_at_least("--workers", args.workers, 1)
     G = get_preset(args.preset).gmm_grid
@@ -466,7 +466,8 @@ def _cmd_recommend(args) -> int:
     import json
 
     from .figures.style import SCHEDULE_LABELS
-    from .experiments.ch5_schedule_design import BEST_THEORY, recommend, verify
+    from .experiments.ch5_schedule_design import BEST_THEORY
+    from .experiments.ch5_recommend import recommend, verify
 
     _check_recommend_args(args)
     say = None if args.json else (lambda m: print(f"[annealvi] finite-batch theory: {m}",
@@ -516,7 +517,7 @@ def _cmd_recommend(args) -> int:
 
 def _cmd_design_archive(args) -> int:
     from ._validate import check_int_at_least
-    from .experiments.ch5_schedule_design import write_design_archive
+    from .experiments.ch5_archive import write_design_archive
 
     check_int_at_least("--workers", args.workers, 1)
     cfg = get_preset(args.preset).design

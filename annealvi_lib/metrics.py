@@ -1,4 +1,5 @@
-"""Run-level metrics of a trained sampler: collapse criterion, mode masses, ESS, Wilson intervals.
+"""Run-level metrics of a trained sampler (collapse criterion, mode masses, ESS) and the
+statistics of a grid cell (Wilson and Newcombe intervals, undecided runs, z-scores).
 
 All functions are host-side NumPy post-processing of samples (they accept NumPy or JAX arrays),
 vectorised over leading "run" axes. Non-finite runs are *failed*: they are flagged and never
@@ -12,6 +13,7 @@ w* = 0.8); one mode alone has std 1. A run is *collapsed* when ``std(y) < 1.6``.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
@@ -29,6 +31,12 @@ __all__ = [
     "wilson_interval",
     "difference_interval",
     "collapse_rate",
+    "SETTLED_S",
+    "UNDECIDED_MAX",
+    "summary_arrays",
+    "undecided_counts",
+    "undecided_fraction",
+    "z_scores",
 ]
 
 #: Threshold on std(<mu*, x>) below which a run counts as collapsed (the paper's 1.6).
@@ -230,3 +238,61 @@ def collapse_rate(collapsed, failed, z: float = 1.96) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(n > 0, k / np.maximum(n, 1), np.nan)
     return {"k": k, "n": n, "n_failed": np.sum(f, axis=-1), "p": p, "lo": lo, "hi": hi}
+
+
+#: A run has *settled* when its final overlap is this close to one of the two outcomes,
+#: ``|s| >= 0.9`` (collapsed runs approach s = +1, covering runs s = -1); below it the run is
+#: still *undecided* and the sign of its s is not yet an outcome.
+SETTLED_S = 0.9
+
+
+#: A grid cell is reported as truncated when more than this fraction of its finished runs is
+#: still undecided when the runs stop.
+UNDECIDED_MAX = 0.1
+
+
+def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Grid summary rows -> dict of arrays shaped (n_beta, n_t0) plus the axes ``beta_is``, ``t0s``."""
+    betas = np.array(sorted({r["beta_i"] for r in summary}))
+    t0s = np.array(sorted({r["t0"] for r in summary}))
+    out = {k: np.full((betas.size, t0s.size), np.nan) for k in
+           ("p_collapse", "ci_low", "ci_high", "n_runs", "n_failed", "n_collapsed")}
+    for r in summary:
+        i, j = np.searchsorted(betas, r["beta_i"]), np.searchsorted(t0s, r["t0"])
+        for k in out:
+            out[k][i, j] = r[k]
+    out["beta_is"], out["t0s"] = betas, t0s
+    return out
+
+
+def undecided_counts(runs: Sequence[dict], beta_is, t0s) -> np.ndarray:
+    """Finished runs still undecided (final ``|s| < SETTLED_S``) per cell, shape
+    ``(len(beta_is), len(t0s))``, from per-run rows with keys ``beta_i``, ``t0``, ``s`` (e.g.
+    :class:`annealvi_lib.experiments.grid.GridResult` ``.runs``; axes as in :func:`summary_arrays`)."""
+    out = np.zeros((len(beta_is), len(t0s)))
+    for run in runs:
+        s_end = float(run["s"])
+        if np.isfinite(s_end) and abs(s_end) < SETTLED_S:
+            out[np.searchsorted(beta_is, run["beta_i"]), np.searchsorted(t0s, run["t0"])] += 1
+    return out
+
+
+def undecided_fraction(arrays: dict) -> np.ndarray:
+    """``n_undecided / finished runs`` per cell of :func:`summary_arrays` output that carries
+    ``n_undecided`` (see :func:`annealvi_lib.experiments.ch3_collapse_probability.mc_grid`)."""
+    return arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
+
+
+def z_scores(k, n, p_theory, theory_se=0.0):
+    """|p_hat - p_theory| in units of the binomial standard error of the measured proportion
+    (combined in quadrature with ``theory_se``, the sampling error of a simulated theory).
+
+    The standard error uses the smoothed estimate ``p~ = (k + 1) / (n + 2)`` so that cells with
+    0 or n collapses (where the plain SE is 0) get a finite, conservative-free scale.
+    """
+    k = np.asarray(k, float)
+    n = np.asarray(n, float)
+    p_hat = k / n
+    p_s = (k + 1) / (n + 2)
+    se = np.sqrt(p_s * (1 - p_s) / n + np.asarray(theory_se, float) ** 2)
+    return np.abs(p_hat - np.asarray(p_theory, float)) / se

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -39,6 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from annealvi_lib.models import reduced as rd
+from annealvi_lib.models import reduced_grads as rgrad
+from annealvi_lib.models import reduced_noise as rnoise
 from annealvi_lib._rng import fast_threefry
 from annealvi_lib.models import student as st
 from annealvi_lib.models.schedules import Schedule
@@ -115,18 +118,21 @@ def bench_loop(d: int, batch: int, n_seeds: int, n_iter: int, repeats: int) -> d
 
 
 def landed_reduced():
-    """``annealvi_lib/models/reduced.py`` as of :data:`LANDED_COMMIT`, imported as a module of the
-    package (its relative imports resolve to today's modules, whose used names are unchanged);
-    ``None`` when git or the commit is not available."""
+    """``annealvi_lib/reduced.py`` as of :data:`LANDED_COMMIT` (before the subpackages), imported
+    as a module of ``annealvi_lib.models`` (its relative imports resolve to today's modules, whose
+    used names are unchanged; those of the top-level plumbing get one more dot); ``None`` when git
+    or the commit is not available."""
     root = Path(__file__).resolve().parents[1]
     try:
-        src = subprocess.run(["git", "show", f"{LANDED_COMMIT}:annealvi_lib/models/reduced.py"],
+        src = subprocess.run(["git", "show", f"{LANDED_COMMIT}:annealvi_lib/reduced.py"],
                              cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    spec = importlib.util.spec_from_loader("annealvi_lib._landed_reduced", loader=None)
+    src = re.sub(r"^from \.(_rng|_validate|seeding|config) import", r"from ..\1 import", src,
+                 flags=re.M)
+    spec = importlib.util.spec_from_loader("annealvi_lib.models._landed_reduced", loader=None)
     mod = importlib.util.module_from_spec(spec)
-    mod.__package__ = "annealvi_lib"
+    mod.__package__ = "annealvi_lib.models"
     exec(compile(src, f"reduced.py@{LANDED_COMMIT}", "exec"), mod.__dict__)
     return mod
 
@@ -216,12 +222,12 @@ def profile_reduced(d: int, total: int = 8192, width: int | None = None,
     width = width or rd.LANES
     target = make_target(d, 3.0, 0.8)
     hyper = st.Hyper(0.05, total // 2)
-    n = rd.n_samples(hyper)
+    n = rnoise.n_samples(hyper)
     n_words = 3 * n + 4 + -(-n // 32)      # as reduced.draw_step_noise draws them
     keys = jax.random.split(jax.random.key(1), width)
-    mu = rd.span_coords(jnp.array([0.3, -0.2]), jnp.array(0.1), 3.0)
+    mu = rgrad.span_coords(jnp.array([0.3, -0.2]), jnp.array(0.1), 3.0)
     var = jnp.array([1.1, 0.9])
-    noise = jax.vmap(lambda k: rd.draw_step_noise(k, hyper, d))(keys)
+    noise = jax.vmap(lambda k: rnoise.draw_step_noise(k, hyper, d))(keys)
 
     def timed(fn, arg):
         f = jax.jit(fn)
@@ -241,8 +247,8 @@ def profile_reduced(d: int, total: int = 8192, width: int | None = None,
         "threefry_bits": timed(jax.vmap(lambda k: total(
             jax.random.bits(k, (n_words,), jnp.uint32) >> 16)), keys),
         "draw_step_noise (includes the bits)": timed(jax.vmap(lambda k: total(
-            rd.draw_step_noise(k, hyper, d))), keys),
-        "noise_sums (on a drawn noise)": timed(jax.vmap(lambda nz: rd.noise_sums(
+            rnoise.draw_step_noise(k, hyper, d))), keys),
+        "noise_sums (on a drawn noise)": timed(jax.vmap(lambda nz: rgrad.noise_sums(
             mu, var, nz, 3.0, 0.8, d)), noise),
     }
     n_iter = 50

@@ -7,6 +7,7 @@ import pytest
 
 from annealvi_lib import archive
 from annealvi_lib.experiments import ch3_collapse_probability as S
+from annealvi_lib.experiments import ch3_finite_batch as FB
 from annealvi_lib.config import get_preset
 
 
@@ -29,15 +30,15 @@ def test_archived_batch_scan_matches_the_book_preset():
     """``data/bscan_hottest_row`` holds the book preset's scan: its configuration is the one the
     chapter compares with, every (batch, sampling, t0) point is present with the preset's
     number of seeds, and the per-run table agrees with the per-point counts."""
-    got = archive.read_archive(archive.data_dir(S.BSCAN_ARCHIVE))
+    got = archive.read_archive(archive.data_dir(FB.BSCAN_ARCHIVE))
     assert got is not None, "the archive is missing: python -m annealvi_lib batch-scan --preset book"
     tables, prov = got
     G = get_preset("book").gmm_grid
-    assert prov["config"] == archive.json_roundtrip(S.batch_scan_config(G))
+    assert prov["config"] == archive.json_roundtrip(FB.batch_scan_config(G))
     assert prov["config_hash"] == archive.config_digest(prov["config"])
     assert prov["command"].startswith("python -m annealvi_lib batch-scan --preset book")
     points, runs = tables["bscan_points.csv"], tables["bscan_runs.csv"]
-    want = {(B, s, t0) for B, s in S.batch_scan_settings(G) for t0 in G.bscan_t0s}
+    want = {(B, s, t0) for B, s in FB.batch_scan_settings(G) for t0 in G.bscan_t0s}
     assert {(int(r["batch"]), r["sampling"], float(r["t0"])) for r in points} == want
     for r in points:
         assert int(r["n_runs"]) == G.bscan_seeds

@@ -9,7 +9,8 @@ import pytest
 from scipy.special import erf
 from scipy.stats import norm
 
-from annealvi_lib.theory.ode import collapse as co
+from annealvi_lib.theory import collapse as co
+from annealvi_lib.theory import propagated as prop
 from annealvi_lib.models.schedules import Schedule
 
 D, R, W, LR = 512, 3.0, 0.8, 0.05
@@ -151,10 +152,10 @@ def test_invalid_inputs_other_functions():
     with pytest.raises(ValueError, match="w_star"):
         co.critical_beta(R, 0.0)
     with pytest.raises(ValueError, match="n_samples"):
-        co.ode_collapse_probability(0.01, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0),
+        prop.ode_collapse_probability(0.01, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0),
                                     n_samples=0)
     with pytest.raises(ValueError, match="beta_i"):
-        co.ode_collapse_probability(2.0, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0))
+        prop.ode_collapse_probability(2.0, 100.0, d=D, R=R, w_star=W, key=jax.random.key(0))
 
 
 def test_ode_without_annealing_matches_independent_means():
@@ -166,7 +167,7 @@ def test_ode_without_annealing_matches_independent_means():
     for d in (64, 512):
         x = math.sqrt(d) * EPS
         indep = norm.cdf(x) ** 2 + norm.cdf(-x) ** 2
-        r = co.ode_collapse_probability(1.0, 1.0, d=d, R=R, w_star=W, lr=LR,
+        r = prop.ode_collapse_probability(1.0, 1.0, d=d, R=R, w_star=W, lr=LR,
                                         key=jax.random.key(0), schedule="constant", n_iter=150,
                                         n_samples=8192)
         assert abs(float(r.p) - indep) < 4 * float(r.se) + 0.03
@@ -180,7 +181,7 @@ def test_ode_grid_shapes_monotone_and_deterministic():
     t0 = np.array([100.0, 400.0, 800.0])[None, :]
     kw = dict(d=D, R=R, w_star=W, lr=LR, key=jax.random.key(3), n_samples=2048)
     # (2048 samples: SE <= 0.011)
-    r = co.ode_collapse_probability(b, t0, **kw)
+    r = prop.ode_collapse_probability(b, t0, **kw)
     assert r.p.shape == (3, 3) and r.se.shape == (3, 3)
     assert np.array_equal(r.n_iter, np.broadcast_to(t0 + 100, (3, 3)).astype(int))
     assert np.all((r.p > 0) & (r.p < 1))
@@ -189,7 +190,7 @@ def test_ode_grid_shapes_monotone_and_deterministic():
     # so differences are much more precise than the SE; allow 2 SE)
     assert np.all(np.diff(r.p[0]) < 2 * r.se[0, 1:])
     assert r.p[0, -1] < r.p[0, 0] - 0.1
-    r2 = co.ode_collapse_probability(b, t0, **kw)
+    r2 = prop.ode_collapse_probability(b, t0, **kw)
     assert np.array_equal(r.p, r2.p)
 
 
@@ -197,7 +198,7 @@ def test_ode_grid_shapes_monotone_and_deterministic():
 
 def test_symmetric_branch_is_a_fixed_point_of_the_ode():
     """m1 = m2 = m_b, s = 2 m_b^2 - 1 has zero drift; (m, s) = (0, -1) does not (w* != 1/2)."""
-    from annealvi_lib.theory.ode import ode as th
+    from annealvi_lib.theory import ode as th
 
     beta_c = co.critical_beta(R, W)
     betas = beta_c * np.array([0.1, 0.5, 1.0, 2.0])
@@ -225,7 +226,7 @@ def test_linear_tilt_matches_branch_hot_and_diverges_at_beta_c():
 def test_antipodal_phase_grows_delta_by_sqrt_two():
     """Integrating the ODE at very high temperature from s0 = 0: Delta grows by sqrt(2/(1-s0))
     while s falls to -1 (before any amplification by the mode pull)."""
-    from annealvi_lib.theory.ode import ode as th
+    from annealvi_lib.theory import ode as th
 
     beta = 1e-7
 
@@ -277,12 +278,12 @@ def test_noise_moments_match_reduced_sampler(log10_beta_r2, state):
     m1, m2, s, vb = state
     v = vb / beta
     e1, e2, perp, rel_perp = _sampler_moments(state, beta, d, B, n)
-    q11, q22, q12 = (float(x) for x in co.noise_covariance(s, v, beta, R=R,
+    q11, q22, q12 = (float(x) for x in prop.noise_covariance(s, v, beta, R=R,
                                                           batch_per_component=B))
     assert q11 == pytest.approx(q22)                         # equal weights, symmetric state
     se_perp = rel_perp / math.sqrt(n)
     assert perp / q11 - 1 == pytest.approx(0.0, abs=5 * se_perp + 1e-3)
-    model_e1 = q11 + float(co.target_pull_correction(m1, m2, s, v, beta, R=R, w_star=W,
+    model_e1 = q11 + float(prop.target_pull_correction(m1, m2, s, v, beta, R=R, w_star=W,
                                                      batch_per_component=B)[0])
     tol = 4 * math.sqrt(2.0 / n)
     assert e1 / model_e1 - 1 == pytest.approx(0.0, abs=tol)
@@ -299,8 +300,8 @@ def test_stochastic_theory_without_noise_is_the_propagated_map():
     b = np.array([1e-3, 1e-1]) / R**2
     t = np.array([100.0, 300.0])
     kw = dict(d=128, R=R, w_star=W, lr=0.05, key=jax.random.key(2), n_extra=50)
-    ode = co.ode_collapse_probability(b, t, n_samples=512, **kw)
-    st = co.stochastic_collapse_probability(b, t, batch=10**12, n_samples=512, **kw)
+    ode = prop.ode_collapse_probability(b, t, n_samples=512, **kw)
+    st = prop.stochastic_collapse_probability(b, t, batch=10**12, n_samples=512, **kw)
     assert np.all(np.abs(st.p - ode.p) <= 3 / 512)
 
 
@@ -310,10 +311,10 @@ def test_stochastic_theory_noise_matters_at_hot_starts_and_is_deterministic():
     categorical protocol at twice the total equals stratified (same Q by construction)."""
     b, t = np.array([1e-3 / R**2]), np.array([100.0])
     kw = dict(d=128, R=R, w_star=W, lr=0.05, key=jax.random.key(3), n_extra=100, n_samples=512)
-    ode = co.ode_collapse_probability(b, t, **kw)
-    st = co.stochastic_collapse_probability(b, t, batch=128, **kw)
-    st2 = co.stochastic_collapse_probability(b, t, batch=128, **kw)
-    cat = co.stochastic_collapse_probability(b, t, batch=256, sampling="categorical", **kw)
+    ode = prop.ode_collapse_probability(b, t, **kw)
+    st = prop.stochastic_collapse_probability(b, t, batch=128, **kw)
+    st2 = prop.stochastic_collapse_probability(b, t, batch=128, **kw)
+    cat = prop.stochastic_collapse_probability(b, t, batch=256, sampling="categorical", **kw)
     assert st.p[0] - ode.p[0] > 10 * st.se[0]
     np.testing.assert_array_equal(st.p, st2.p)
     np.testing.assert_array_equal(st.p, cat.p)
@@ -326,7 +327,7 @@ def test_stochastic_theory_rejects_bad_input(kwargs, name):
     base = dict(d=128, R=R, w_star=W, key=jax.random.key(0), n_samples=8)
     base.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        co.stochastic_collapse_probability(0.01, 100.0, **base)
+        prop.stochastic_collapse_probability(0.01, 100.0, **base)
 
 
 def test_lagged_exponent_is_smaller_and_converges_when_annealing_is_slow():

@@ -4,8 +4,9 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 
-from annealvi_lib.figures.collapse_plots import (agreement_table, markdown_table, plot_heatmap, plot_slices,
-                                         plot_vs_rate, summary_arrays, z_scores)
+from annealvi_lib.metrics import summary_arrays, z_scores
+from annealvi_lib.figures.tables import agreement_table, markdown_table
+from annealvi_lib.figures.ch3 import plot_heatmap, plot_slices, plot_vs_rate
 from annealvi_lib.experiments.grid import summarise_cell
 
 

@@ -8,8 +8,9 @@ import pytest
 
 matplotlib.use("Agg")
 
-from annealvi_lib.figures.registry import registry as figures
+from annealvi_lib.figures import registry as figures
 from annealvi_lib.experiments import ch1_mode_collapse as opening
+from annealvi_lib.figures import ch1 as F
 from annealvi_lib.config import DemoConfig, Problem, get_preset
 
 CH1 = {"ch1_tempered_marginals", "ch1_schedules", "ch1_opening_marginals", "ch1_variances",
@@ -199,7 +200,7 @@ def test_final_overlap_swarm_places_every_run():
             ("vanilla", "covering", "annealed")}
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        fig = opening.plot_final_overlaps(runs, {"annealed": 0})
+        fig = F.plot_final_overlaps(runs, {"annealed": 0})
     drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
     assert drawn >= 3 * 16
     matplotlib.pyplot.close(fig)

@@ -9,7 +9,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from annealvi_lib.figures.registry import registry as figures
+from annealvi_lib.figures import registry as figures
 from annealvi_lib.experiments import ch2_summary_statistics as S
 from annealvi_lib.config import OdeCheckConfig, Problem, get_preset
 

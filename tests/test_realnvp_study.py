@@ -15,6 +15,7 @@ import pytest
 from annealvi_lib import archive
 from annealvi_lib.models import realnvp as rn
 from annealvi_lib.experiments import ch4_realnvp as S
+from annealvi_lib.experiments import ch4_verdicts as V
 from annealvi_lib.config import RealNVPGridConfig, get_preset
 from annealvi_lib.metrics import difference_interval
 
@@ -110,9 +111,9 @@ ROLES = {"vanilla": (1.0, 2000.0), "short": (0.0351364184463, 500.0),
 def test_trend_roles_of_the_book_cells():
     from annealvi_lib.theory.collapse import critical_beta
 
-    assert S.trend_roles(BOOK.trend_cells, critical_beta(BOOK.R, BOOK.w_star)) == ROLES
+    assert V.trend_roles(BOOK.trend_cells, critical_beta(BOOK.R, BOOK.w_star)) == ROLES
     with pytest.raises(ValueError, match="trend_cells"):
-        S.trend_roles([(1.0, 100.0)], 0.07)
+        V.trend_roles([(1.0, 100.0)], 0.07)
 
 
 @pytest.mark.parametrize("counts, want", [
@@ -130,7 +131,7 @@ def test_trend_roles_of_the_book_cells():
 ])
 def test_cell_verdicts_follow_the_intervals(counts, want):
     runs = _runs({ROLES[k]: v for k, v in counts.items()})
-    got = S.verdicts_from_cells(S.cell_counts(runs, S.CRITERIA[1], 0.8), ROLES)
+    got = V.verdicts_from_cells(V.cell_counts(runs, V.CRITERIA[1], 0.8), ROLES)
     assert {k: v["verdict"] for k, v in got.items()} == want
 
 
@@ -140,12 +141,12 @@ def test_grid_verdicts_follow_the_intervals():
     # a sweet spot at 0.03, the hottest start far worse; rates matched within hot rows differ
     p = {0.01: 0.9, 0.03: 0.1, 0.1: 0.8, 0.5: 0.9, 1.0: 1.0}
     counts = {(b, t): (int(round(p[b] * 150)), 150) for b in B for t in T}
-    v = S.verdicts_from_grid(counts, B, T, beta_c=0.07, hot_fraction=0.5)
+    v = V.verdicts_from_grid(counts, B, T, beta_c=0.07, hot_fraction=0.5)
     assert v["sweet_spot"]["verdict"] == "supported"
     assert v["very_hot"]["verdict"] == "supported"
     assert v["rate_only"]["verdict"] in ("contradicted", "not tested")
     flat = {(b, t): (75, 150) for b in B for t in T}
-    v = S.verdicts_from_grid(flat, B, T, beta_c=0.07, hot_fraction=0.5)
+    v = V.verdicts_from_grid(flat, B, T, beta_c=0.07, hot_fraction=0.5)
     assert v["sweet_spot"]["verdict"] == "not resolved"
     assert v["very_hot"]["verdict"] == "not resolved"
 
@@ -155,10 +156,10 @@ def test_criteria_classify_by_std_and_by_light_side_mass():
             {"failed": 0.0, "proj_std": 1.7, "mass_plus": 0.75},
             {"failed": 1.0, "proj_std": float("nan"), "mass_plus": float("nan")},
             {"failed": 0.0, "proj_std": 2.5, "mass_plus": 0.02}]     # collapsed on the light mode
-    assert S.collapsed_by(runs, S.CRITERIA[0], 0.8).tolist() == [False, False, False, False]
-    assert S.collapsed_by(runs, S.CRITERIA[1], 0.8).tolist() == [True, False, False, False]
-    assert S.collapsed_by(runs, S.CRITERIA[2], 0.8).tolist() == [True, True, False, False]
-    assert S.collapsed_by(runs, S.CRITERIA[3], 0.8).tolist() == [True, False, False, True]
+    assert V.collapsed_by(runs, V.CRITERIA[0], 0.8).tolist() == [False, False, False, False]
+    assert V.collapsed_by(runs, V.CRITERIA[1], 0.8).tolist() == [True, False, False, False]
+    assert V.collapsed_by(runs, V.CRITERIA[2], 0.8).tolist() == [True, True, False, False]
+    assert V.collapsed_by(runs, V.CRITERIA[3], 0.8).tolist() == [True, False, False, True]
 
 
 # ------------------------------------------------------------ one program per configuration

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from annealvi_lib.models import reduced as rd
+from annealvi_lib.models import reduced_grads as rgrad
+from annealvi_lib.models import reduced_noise as rnoise
 from annealvi_lib.models import student as st
 from annealvi_lib.models.schedules import Schedule
 from annealvi_lib.models.targets import make_target
@@ -34,7 +36,7 @@ def _gram_schmidt(vectors):
 
 def _student_at(stats: rd.ReducedState, d: int) -> st.StudentState:
     """A d-dimensional student whose statistics are ``stats`` (mu* = e1)."""
-    mu3 = rd.span_coords(stats.m, stats.s, R)
+    mu3 = rgrad.span_coords(stats.m, stats.s, R)
     return st.StudentState(mu=jnp.zeros((2, d)).at[:, :3].set(mu3), var=stats.var)
 
 
@@ -55,7 +57,7 @@ def _split_noise(state, z, d):
 
 def test_span_coords_reproduce_statistics():
     for m, s in [((0.3, -0.2), -0.5), ((0.9, -0.9), -1.0), ((1.0, 0.4), 0.4), ((0.0, 0.0), 0.0)]:
-        mu = np.asarray(rd.span_coords(jnp.array(m), jnp.array(s), R), float) / R
+        mu = np.asarray(rgrad.span_coords(jnp.array(m), jnp.array(s), R), float) / R
         assert np.allclose(np.linalg.norm(mu, axis=1), 1.0, atol=1e-3)
         assert np.allclose(mu[:, 0], m, atol=1e-6)
         assert abs(mu[0] @ mu[1] - s) < 1e-5
@@ -74,13 +76,13 @@ def test_reduced_gradients_equal_exact_with_shared_noise(beta):
     loss, grads = jax.jit(jax.value_and_grad(st.mc_loss))(state, target, beta, z)
     basis, zs, zp, r2 = _split_noise(state, z, d)
     stats = jax.jit(rd.reduced_from_student)(state, target)
-    mu3 = jax.jit(rd.span_coords)(stats.m, stats.s, R)
+    mu3 = jax.jit(rgrad.span_coords)(stats.m, stats.s, R)
     # the coordinates are those of the means in the Gram-Schmidt basis (mu*, mu1, mu2)
     assert np.allclose(np.asarray(mu3), np.asarray(state.mu, float) @ basis.T, atol=2e-6 * R)
     g = np.asarray(grads.mu, float)
     g_perp = g - (g @ basis.T) @ basis
     zs32, r232 = jnp.asarray(zs, jnp.float32), jnp.asarray(r2, jnp.float32)
-    for fn in (rd.reduced_grads, rd.reduced_grads_fast):
+    for fn in (rgrad.reduced_grads, rgrad.reduced_grads_fast):
         out = jax.jit(fn, static_argnums=7)(mu3, state.var, zs32, r232, beta, R, W_STAR, d)
         l_red, g_mu, g_var, a = out[:4]
         # float32 round-off of sums of O(B) terms of size O(d): relative 1e-5
@@ -90,7 +92,7 @@ def test_reduced_gradients_equal_exact_with_shared_noise(beta):
         assert np.allclose(np.asarray(g_var), np.asarray(grads.var), rtol=1e-4, atol=1e-5)
         v = np.einsum("jkb,kbd->jd", np.asarray(a, float), zp)
         assert np.abs(v - g_perp).max() <= 1e-5 * np.abs(g_perp).max()
-    _, _, _, a, S = rd.reduced_grads_fast(mu3, state.var, zs32, r232, beta, R, W_STAR, d)
+    _, _, _, a, S = rgrad.reduced_grads_fast(mu3, state.var, zs32, r232, beta, R, W_STAR, d)
     C = (np.asarray(a, float) * np.sqrt(r2)[None]).reshape(2, -1)
     assert np.allclose(np.asarray(S), C @ C.T, rtol=1e-4)
 
@@ -104,7 +106,7 @@ def test_gradient_expectations_match_exact():
     d, B, N, beta = D_TEST, 256, 200, 0.3
     target = make_target(d, R, W_STAR)
     full = _student_at(STATE, d)
-    mu3 = rd.span_coords(STATE.m, STATE.s, R)
+    mu3 = rgrad.span_coords(STATE.m, STATE.s, R)
 
     def exact(k):
         z = jax.random.normal(k, (2, B, d))
@@ -112,9 +114,9 @@ def test_gradient_expectations_match_exact():
         return jnp.concatenate([gr.mu[:, :3].ravel(), gr.var])
 
     def reduced(k):
-        noise = rd.draw_step_noise(k, st.Hyper(0.05, B), d)
-        M = rd.noise_sums(mu3, STATE.var, noise, R, W_STAR, d)
-        g_mu, g_var, _ = rd.grads_from_sums(M, mu3, STATE.var, beta, R, d, 2 * B)
+        noise = rnoise.draw_step_noise(k, st.Hyper(0.05, B), d)
+        M = rgrad.noise_sums(mu3, STATE.var, noise, R, W_STAR, d)
+        g_mu, g_var, _ = rgrad.grads_from_sums(M, mu3, STATE.var, beta, R, d, 2 * B)
         return jnp.concatenate([g_mu.ravel(), g_var])
 
     ge = np.asarray(jax.jit(jax.vmap(exact))(jax.random.split(jax.random.key(10), N)), float)
@@ -129,7 +131,7 @@ def test_chi2_sampler_moments():
     within 4 SE (SE of the variance from the exact 4th central moment 12 D^2 + 48 D)."""
     n = 200_000
     for dof in (10, 61, 509):
-        x = np.asarray(rd.sample_chi2(jax.random.key(dof), dof, (n,)), float)
+        x = np.asarray(rnoise.sample_chi2(jax.random.key(dof), dof, (n,)), float)
         assert abs(x.mean() - dof) < 4 * math.sqrt(2 * dof / n)
         m4 = 12.0 * dof**2 + 48.0 * dof
         assert abs(x.var() - 2 * dof) < 4 * math.sqrt((m4 - 4.0 * dof**2) / n)
@@ -162,7 +164,7 @@ def test_wishart_gram_matches_sphere_law():
     keys = jax.random.split(jax.random.key(4), N)
 
     def wish(k):
-        bart = rd.draw_step_noise(k, st.Hyper(0.05, 1), D + 3).bartlett
+        bart = rnoise.draw_step_noise(k, st.Hyper(0.05, 1), D + 3).bartlett
         V = rd.perp_factor(jnp.asarray(S, jnp.float32), bart)
         return V @ V.T
 
@@ -329,14 +331,14 @@ def test_label_general_grads_reproduce_stratified(beta):
     the stratified one, output by output (float32 round-off of reordered sums: the loss and
     gradients are sums of O(B) terms of size O(d), relative 1e-5 of the largest entry)."""
     d, B = D_TEST, 32
-    mu3 = rd.span_coords(STATE.m, STATE.s, R)
+    mu3 = rgrad.span_coords(STATE.m, STATE.s, R)
     k1, k2 = jax.random.split(jax.random.key(0))
     zs = jax.random.normal(k1, (3, 2, B))
-    r2 = rd.sample_chi2(k2, d - 3, (2, B))
-    ref = jax.jit(rd._fast_grads_soa, static_argnums=7)(mu3, STATE.var, zs, r2, beta, R,
+    r2 = rnoise.sample_chi2(k2, d - 3, (2, B))
+    ref = jax.jit(rgrad._fast_grads_soa, static_argnums=7)(mu3, STATE.var, zs, r2, beta, R,
                                                         W_STAR, d)
     onehot, zs_l, r2_l = _stratified_as_labelled(zs, r2)
-    out = jax.jit(rd._fast_grads_labels, static_argnums=9)(mu3, STATE.var, zs_l, r2_l, onehot,
+    out = jax.jit(rgrad._fast_grads_labels, static_argnums=9)(mu3, STATE.var, zs_l, r2_l, onehot,
                                                            1.0 / (2 * B), beta, R, W_STAR, d)
     for name, a, b in zip(("loss", "g_mu", "g_var", "a", "S"), ref, out):
         a = np.asarray(a, float).reshape(np.shape(b))
@@ -360,8 +362,8 @@ def test_categorical_reduced_gradients_equal_exact_with_shared_noise(beta):
                                                                       labels)
     basis, zs, zp, r2 = _split_noise(state, z, d)
     stats = jax.jit(rd.reduced_from_student)(state, target)
-    mu3 = jax.jit(rd.span_coords)(stats.m, stats.s, R)
-    out = jax.jit(rd.reduced_grads_labels, static_argnums=8)(
+    mu3 = jax.jit(rgrad.span_coords)(stats.m, stats.s, R)
+    out = jax.jit(rgrad.reduced_grads_labels, static_argnums=8)(
         mu3, state.var, jnp.asarray(zs, jnp.float32), jnp.asarray(r2, jnp.float32), labels,
         beta, R, W_STAR, d)
     l_red, g_mu, g_var, a, S = out
@@ -387,15 +389,15 @@ def test_categorical_and_stratified_have_the_same_mean_gradient():
     state = rd.ReducedState(m=jnp.array([0.3, -0.2]), s=jnp.array(-0.5),
                             var=jnp.array([2.0, 2.1]))
     target = make_target(d, R, W_STAR)
-    mu3 = rd.span_coords(state.m, state.s, R)
+    mu3 = rgrad.span_coords(state.m, state.s, R)
 
     def grads(sampling, batch):
         hyper = st.Hyper(0.05, batch, sampling)
 
         def one(k):
-            noise = rd.draw_step_noise(k, hyper, d)
-            M = rd.noise_sums(mu3, state.var, noise, R, W_STAR, d)
-            g_mu, g_var, _ = rd.grads_from_sums(M, mu3, state.var, beta, R, d, rd.n_samples(hyper))
+            noise = rnoise.draw_step_noise(k, hyper, d)
+            M = rgrad.noise_sums(mu3, state.var, noise, R, W_STAR, d)
+            g_mu, g_var, _ = rgrad.grads_from_sums(M, mu3, state.var, beta, R, d, rnoise.n_samples(hyper))
             return jnp.concatenate([g_mu.ravel(), g_var])
 
         keys = jax.random.split(jax.random.key(21 if sampling == "stratified" else 22), N)
@@ -455,17 +457,17 @@ def test_gradient_sums_equal_the_per_sample_closed_form(case):
     m, s, var, beta, sampling = SUM_CASES[case]
     d = D_TEST
     hyper = st.Hyper(0.05, 300, sampling)
-    noise = rd.draw_step_noise(jax.random.key(case), hyper, d)
-    mu = rd.span_coords(jnp.array(m), jnp.array(s), R)
+    noise = rnoise.draw_step_noise(jax.random.key(case), hyper, d)
+    mu = rgrad.span_coords(jnp.array(m), jnp.array(s), R)
     var = jnp.array(var)
-    n = rd.n_samples(hyper)
+    n = rnoise.n_samples(hyper)
     assert noise.r2.shape == (n,) and noise.z.shape == (3, n)
     own0 = (jnp.arange(n) < noise.n0).astype(jnp.float32)
-    ref = rd._fast_grads_labels(mu, var, noise.z, noise.r2, jnp.stack([own0, 1 - own0]),
+    ref = rgrad._fast_grads_labels(mu, var, noise.z, noise.r2, jnp.stack([own0, 1 - own0]),
                                 1.0 / n, beta, R, W_STAR, d)
-    M = rd.noise_sums(mu, var, noise, R, W_STAR, d)
-    g_mu, g_var, S = rd.grads_from_sums(M, mu, var, beta, R, d, n)
-    loss = rd.step_loss(mu, var, noise, beta, R, W_STAR, d)
+    M = rgrad.noise_sums(mu, var, noise, R, W_STAR, d)
+    g_mu, g_var, S = rgrad.grads_from_sums(M, mu, var, beta, R, d, n)
+    loss = rgrad.step_loss(mu, var, noise, beta, R, W_STAR, d)
     for name, a, b in (("loss", ref[0], loss), ("g_mu", ref[1], g_mu), ("g_var", ref[2], g_var),
                        ("S", ref[4], S)):
         a, b = np.asarray(a, float), np.asarray(b, float)
@@ -480,7 +482,7 @@ def test_box_muller_normals_have_the_normal_law():
     99.99% point of sqrt(n) D is 2.23 < 4)."""
     n = 2_000_000
     bits = jax.random.bits(jax.random.key(7), (2, n), jnp.uint32)
-    a, b = (np.asarray(x, float) for x in rd.normal_pairs(bits[0], bits[1] & 0xFFFFFF))
+    a, b = (np.asarray(x, float) for x in rnoise.normal_pairs(bits[0], bits[1] & 0xFFFFFF))
     z = np.concatenate([a, b])
     m = z.size
     assert abs(z.mean()) < 4 / math.sqrt(m)
@@ -504,7 +506,7 @@ def test_drawn_noise_has_independent_normal_coordinates():
     d, n_steps, B = 64, 400, 512
     D = d - 3
     keys = jax.random.split(jax.random.key(12), n_steps)
-    noise = jax.vmap(lambda k: rd.draw_step_noise(k, st.Hyper(0.05, B), d))(keys)
+    noise = jax.vmap(lambda k: rnoise.draw_step_noise(k, st.Hyper(0.05, B), d))(keys)
     z = np.asarray(noise.z, float).transpose(1, 0, 2).reshape(3, -1)
     r2 = np.asarray(noise.r2, float).ravel()
     a = 2.0 / (9.0 * D)
@@ -525,12 +527,12 @@ def test_categorical_component_count_is_binomial():
     exactly B per component."""
     keys = jax.random.split(jax.random.key(8), 4000)
     for n in (100, 20):                    # several words with a masked last one; one word
-        n0 = np.asarray(jax.vmap(lambda k: rd.draw_step_noise(
+        n0 = np.asarray(jax.vmap(lambda k: rnoise.draw_step_noise(
             k, st.Hyper(0.05, n, "categorical"), D_TEST).n0)(keys), float)
         assert abs(n0.mean() - n / 2) < 4 * math.sqrt(n / 4 / n0.size)
         assert abs(n0.var() - n / 4) < 4 * _se_var(n0[:, None])[0]
         assert n0.min() >= 0 and n0.max() <= n
-    strat = rd.draw_step_noise(keys[0], st.Hyper(0.05, 100, "stratified"), D_TEST)
+    strat = rnoise.draw_step_noise(keys[0], st.Hyper(0.05, 100, "stratified"), D_TEST)
     assert int(strat.n0) == 100 and strat.r2.shape == (200,)
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from annealvi_lib import archive
-from annealvi_lib.theory.ode import collapse as C
+from annealvi_lib.theory import collapse as C
 from annealvi_lib.experiments import ch5_schedule_design as SD
+from annealvi_lib.experiments import ch5_archive as ARC
+from annealvi_lib.experiments import ch5_recommend as REC
 from annealvi_lib.config import SCHEDULE_NAMES, DesignConfig, Problem, get_preset
 from annealvi_lib.models.schedules import SCHEDULES
 
@@ -233,7 +235,7 @@ def test_recommend_rejects_bad_input_naming_it(kwargs, name):
     args = dict(p_target=0.1, d=64, R=3.0, w_star=0.8)
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        SD.recommend(args.pop("p_target"), **args)
+        REC.recommend(args.pop("p_target"), **args)
 
 
 @pytest.mark.parametrize("argv, name", [
@@ -294,14 +296,14 @@ def test_recommendation_passes_its_monte_carlo_check(d, R, w, p, schedule):
 # ----------------------------------------------------------------------------- archive
 
 def _archive():
-    got = archive.read_archive(archive.data_dir(SD.DESIGN_ARCHIVE))
+    got = archive.read_archive(archive.data_dir(ARC.DESIGN_ARCHIVE))
     assert got is not None, "the archive is missing: python -m annealvi_lib design-archive"
     return got
 
 
 def test_archive_is_the_book_preset_study():
     tables, prov = _archive()
-    assert prov["config"] == SD.design_config(BOOK)
+    assert prov["config"] == ARC.design_config(BOOK)
     assert prov["config_hash"] == archive.config_digest(prov["config"])
     assert prov["command"].startswith("python -m annealvi_lib design-archive --preset book")
     for key in ("commit", "date", "machine", "runtime_s", "library_version"):
@@ -338,7 +340,7 @@ def test_archived_family_point_regenerates():
     same collapse count on the archive's machine, within sampling noise elsewhere; and every
     theory's predictions at that family's points (bit-identical on the archive's machine)."""
     tables, prov = _archive()
-    fam = SD._numeric(tables["families.csv"])
+    fam = ARC._numeric(tables["families.csv"])
     r0 = min(fam, key=lambda r: (r["t0"], r["family"]))
     again = SD.mc_points(PROB, r0["schedule"], [(r0["beta_i"], r0["t0"])],
                          n_seeds=BOOK.family_seeds, n_iter_extra=BOOK.n_iter_extra,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from annealvi_lib.models import student as st
-from annealvi_lib.theory.ode import ode as th
+from annealvi_lib.theory import ode as th
 from annealvi_lib.models.schedules import Schedule
 from annealvi_lib.models.targets import make_target
 

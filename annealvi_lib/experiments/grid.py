@@ -165,7 +165,8 @@ def config_hash(study: str, cfg, **extra) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-_SOURCES = {"gmm": ("models/student.py", "models/reduced.py", "models/targets.py", "models/schedules.py",
+_SOURCES = {"gmm": ("models/student.py", "models/reduced.py", "models/reduced_grads.py",
+                    "models/reduced_noise.py", "models/targets.py", "models/schedules.py",
                     "seeding.py"),
             "realnvp": ("models/realnvp.py", "metrics.py", "models/targets.py", "models/schedules.py",
                         "seeding.py")}

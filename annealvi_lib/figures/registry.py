@@ -134,61 +134,6 @@ def _load_chapter_modules() -> None:
                 raise
 
 
-#: modules (names relative to the package) that define ``@register``-ed figures of chapters 2-5
-_CHAPTER_MODULES: tuple[str, ...] = ("experiments.ch2_summary_statistics",
-                                     "experiments.ch3_collapse_probability",
-                                     "experiments.ch4_realnvp", "experiments.ch5_schedule_design")
-
-
-# --------------------------------------------------------------------------------------------
-# Chapter 1: the model and the opening experiment
-# --------------------------------------------------------------------------------------------
-
-def _opening_runs(preset: Preset):
-    from ..experiments.ch1_mode_collapse import cached_opening_experiment, opening_n_seeds
-
-    return cached_opening_experiment(preset.demo, n_seeds=opening_n_seeds(preset.name))
-
-
-@register("ch1_tempered_marginals", chapter=1,
-          description="marginal of the tempered target along mu* for several beta")
-def _ch1_tempered_marginals(preset: Preset):
-    from ..experiments.ch1_mode_collapse import plot_tempered_marginals
-
-    p = preset.demo.problem
-    return plot_tempered_marginals(p.R, p.w_star)
-
-
-@register("ch1_schedules", chapter=1, description="beta(t) of the five annealing schedules")
-def _ch1_schedules(preset: Preset):
-    from ..experiments.ch1_mode_collapse import plot_schedules
-
-    cfg = preset.demo
-    return plot_schedules(cfg.beta_i, cfg.t0, cfg.n_iter_annealed)
-
-
-@register("ch1_opening_marginals", chapter=1,
-          description="opening experiment: target and student marginals along mu* over time")
-def _ch1_opening_marginals(preset: Preset):
-    from ..experiments.ch1_mode_collapse import plot_opening_marginals, representative_seeds
-
-    p = preset.demo.problem
-    runs = _opening_runs(preset)
-    return plot_opening_marginals(runs, p.R, p.w_star, seed=representative_seeds(runs))
-
-
-@register("ch1_final_overlaps", chapter=1,
-          description="opening experiment: final overlap s of every run of each arm")
-def _ch1_final_overlaps(preset: Preset):
-    from ..experiments.ch1_mode_collapse import plot_final_overlaps, representative_seeds
-
-    runs = _opening_runs(preset)
-    return plot_final_overlaps(runs, representative_seeds(runs))
-
-
-@register("ch1_variances", chapter=1,
-          description="annealed arm: variances against the equilibrium 1/beta(t)")
-def _ch1_variances(preset: Preset):
-    from ..experiments.ch1_mode_collapse import plot_variances
-
-    return plot_variances(_opening_runs(preset)["annealed"])
+#: modules (names relative to the package) that define the ``@register``-ed figures, one per chapter
+_CHAPTER_MODULES: tuple[str, ...] = ("figures.ch1", "figures.ch2", "figures.ch3", "figures.ch4",
+                                     "figures.ch5")

@@ -1,106 +1,34 @@
-"""Figures and agreement tables for the collapse-probability grids (chapters 3 and 4).
+"""Chapter 3's figures: the collapse-probability grid, its slices, the mechanism, the stability
+of the antipodal state, the rate collapse and the batch-size studies (the heatmap and the rate
+plot are also drawn by chapter 4).
 
-All functions take plain arrays (e.g. from :func:`annealvi_lib.experiments.grid.run_grid` summaries) and
-return matplotlib figures, so the book and the ``figures`` CLI draw identical plots.
+Every ``plot_*`` function takes plain arrays (e.g. :func:`annealvi_lib.metrics.summary_arrays`
+of a grid) and returns a matplotlib figure; the ``@register``-ed functions draw the book's
+figures, so the notebook and the ``figures`` command draw identical plots.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..config import Preset
+from ..experiments.ch3_collapse_probability import (HOT_FRACTION, branch_scan, default_workers,
+                                                    hot_start_curve, mc_grid,
+                                                    mechanism_trajectories, slice_theories,
+                                                    stability_scan, theory_grid)
+from ..experiments.ch3_finite_batch import batch_scan_theory, load_batch_scan, sensitivity_rows
+from ..metrics import UNDECIDED_MAX, undecided_fraction
+from ..theory import collapse as C
+from .registry import register
 from .style import PALETTE
 from ..models.schedules import annealing_rate
 
-__all__ = ["SETTLED_S", "UNDECIDED_MAX", "summary_arrays", "undecided_counts",
-           "undecided_fraction", "z_scores", "agreement_table", "markdown_table", "TABLE_COLUMNS",
-           "ROW_MARKERS", "ROW_COLOURS", "plot_heatmap", "plot_slices", "plot_mechanism",
-           "plot_stability", "plot_vs_rate", "plot_symmetric_branch"]
-
-#: A run has *settled* when its final overlap is this close to one of the two outcomes,
-#: ``|s| >= 0.9`` (collapsed runs approach s = +1, covering runs s = -1); below it the run is
-#: still *undecided* and the sign of its s is not yet an outcome.
-SETTLED_S = 0.9
-
-#: A grid cell is reported as truncated when more than this fraction of its finished runs is
-#: still undecided when the runs stop.
-UNDECIDED_MAX = 0.1
-
-
-def summary_arrays(summary: Sequence[dict]) -> dict[str, np.ndarray]:
-    """Grid summary rows -> dict of arrays shaped (n_beta, n_t0) plus the axes ``beta_is``, ``t0s``."""
-    betas = np.array(sorted({r["beta_i"] for r in summary}))
-    t0s = np.array(sorted({r["t0"] for r in summary}))
-    out = {k: np.full((betas.size, t0s.size), np.nan) for k in
-           ("p_collapse", "ci_low", "ci_high", "n_runs", "n_failed", "n_collapsed")}
-    for r in summary:
-        i, j = np.searchsorted(betas, r["beta_i"]), np.searchsorted(t0s, r["t0"])
-        for k in out:
-            out[k][i, j] = r[k]
-    out["beta_is"], out["t0s"] = betas, t0s
-    return out
-
-
-def undecided_counts(runs: Sequence[dict], beta_is, t0s) -> np.ndarray:
-    """Finished runs still undecided (final ``|s| < SETTLED_S``) per cell, shape
-    ``(len(beta_is), len(t0s))``, from per-run rows with keys ``beta_i``, ``t0``, ``s`` (e.g.
-    :class:`annealvi_lib.experiments.grid.GridResult` ``.runs``; axes as in :func:`summary_arrays`)."""
-    out = np.zeros((len(beta_is), len(t0s)))
-    for run in runs:
-        s_end = float(run["s"])
-        if np.isfinite(s_end) and abs(s_end) < SETTLED_S:
-            out[np.searchsorted(beta_is, run["beta_i"]), np.searchsorted(t0s, run["t0"])] += 1
-    return out
-
-
-def undecided_fraction(arrays: dict) -> np.ndarray:
-    """``n_undecided / finished runs`` per cell of :func:`summary_arrays` output that carries
-    ``n_undecided`` (see :func:`annealvi_lib.experiments.ch3_collapse_probability.mc_grid`)."""
-    return arrays["n_undecided"] / np.maximum(arrays["n_runs"] - arrays["n_failed"], 1)
-
-
-def z_scores(k, n, p_theory, theory_se=0.0):
-    """|p_hat - p_theory| in units of the binomial standard error of the measured proportion
-    (combined in quadrature with ``theory_se``, the sampling error of a simulated theory).
-
-    The standard error uses the smoothed estimate ``p~ = (k + 1) / (n + 2)`` so that cells with
-    0 or n collapses (where the plain SE is 0) get a finite, conservative-free scale.
-    """
-    k = np.asarray(k, float)
-    n = np.asarray(n, float)
-    p_hat = k / n
-    p_s = (k + 1) / (n + 2)
-    se = np.sqrt(p_s * (1 - p_s) / n + np.asarray(theory_se, float) ** 2)
-    return np.abs(p_hat - np.asarray(p_theory, float)) / se
-
-
-def agreement_table(arrays: dict, theories: dict[str, np.ndarray], mask=None) -> list[dict]:
-    """Mean and max |Delta p| (absolute and in binomial-SE units) of each theory over the grid.
-
-    Args:
-      arrays: output of :func:`summary_arrays`.
-      theories: name -> predicted probabilities, shape (n_beta, n_t0).
-      mask: optional boolean (n_beta, n_t0) selecting the cells to include.
-    """
-    n_ok = arrays["n_runs"] - arrays["n_failed"]
-    rows = []
-    for name, p_th in theories.items():
-        sel = np.ones_like(n_ok, bool) if mask is None else np.asarray(mask, bool)
-        if not sel.any():                  # nothing selected (e.g. a tiny preset): no numbers
-            rows.append({"theory": name, "cells": 0, "mean_abs_dp": math.nan,
-                         "max_abs_dp": math.nan, "mean_z": math.nan, "max_z": math.nan,
-                         "frac_within_2se": math.nan})
-            continue
-        z = z_scores(arrays["n_collapsed"], n_ok, p_th)[sel]
-        d = np.abs(arrays["p_collapse"] - p_th)[sel]
-        rows.append({"theory": name, "cells": int(sel.sum()), "mean_abs_dp": float(d.mean()),
-                     "max_abs_dp": float(d.max()), "mean_z": float(z.mean()),
-                     "max_z": float(z.max()), "frac_within_2se": float(np.mean(z <= 2))})
-    return rows
-
+__all__ = ["ROW_MARKERS", "ROW_COLOURS", "plot_heatmap", "plot_slices", "plot_mechanism",
+           "plot_stability", "plot_vs_rate", "plot_symmetric_branch", "plot_batch_sensitivity",
+           "plot_batch_scan"]
 
 def plot_heatmap(arrays: dict, iso_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                  iso_label: str = "theory $p=0.5$", R: float = 3.0, title: str = "",
@@ -361,58 +289,143 @@ def plot_symmetric_branch(ratio, m_branch, tilt):
     return fig
 
 
-#: Reader-facing column names (and number formats) of the tables of chapters 3 and 4; keys not
-#: listed keep their name and the default format.
-TABLE_COLUMNS = {
-    "theory": ("theory", None), "cells": ("cells", "{:d}"),
-    "mean_abs_dp": (r"mean $\lvert\Delta p\rvert$", "{:.3f}"),
-    "max_abs_dp": (r"max $\lvert\Delta p\rvert$", "{:.3f}"),
-    "mean_z": ("mean $z$ (SE)", "{:.2f}"), "max_z": ("max $z$ (SE)", "{:.1f}"),
-    "frac_within_2se": ("within 2 SE", "{:.0%}"),
-    "log10(beta_i R^2)": (r"$\log_{10}\beta_iR^2$", "{:g}"), "t0": ("$t_0$", "{:g}"),
-    "fast": ("reduced: collapsed", None), "exact": ("exact: collapsed", None),
-    "fast 95% CI": ("reduced: 95% CI", None), "exact 95% CI": ("exact: 95% CI", None),
-    "|dp|": (r"$\lvert\Delta p\rvert$", "{:.3f}"),
-    "|dp|/SE": (r"$\lvert\Delta p\rvert$ / SE", "{:.2f}"),
-    "B": ("$B$", "{:g}"), "steps after t0": ("steps after $t_0$", "{:g}"),
-    "p_collapse": (r"$P_{\rm collapse}$", "{:.2f}"), "ci_low": ("95% CI low", "{:.2f}"),
-    "ci_high": ("95% CI high", "{:.2f}"), "closed form": ("closed form", "{:.3f}"),
-    "ODE-propagated": ("ODE-propagated", "{:.3f}"),
-}
+def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int, sampling: str = "stratified"):
+    """Collapse probability against B per cell (Wilson bars), with the finite-batch theory
+    (solid), the ODE-propagated probability (dashed: the B -> infinity limit of the simulation)
+    and the closed form (dotted)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
+    sub = [r for r in rows if r["steps after t0"] == n_iter_extra]
+    for cell in sorted({(r["log10(beta_i R^2)"], r["t0"]) for r in sub}):
+        grp = sorted((r for r in sub if (r["log10(beta_i R^2)"], r["t0"]) == cell),
+                     key=lambda r: r["B"])
+        B = np.array([r["B"] for r in grp])
+        p = np.array([r["p_collapse"] for r in grp])
+        lo = np.array([r["ci_low"] for r in grp])
+        hi = np.array([r["ci_high"] for r in grp])
+        line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o", capsize=3,
+                           label=f"$\\log_{{10}}\\beta_iR^2={cell[0]:g}$, $t_0={cell[1]:g}$")
+        c = line[0].get_color()
+        if "finite-batch theory" in grp[0]:
+            ax.plot(B, [r["finite-batch theory"] for r in grp], "-", lw=1.4, color=c)
+        if "ODE-propagated" in grp[0]:
+            ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
+        ax.axhline(grp[0]["closed form"], ls=":", lw=1.2, color=c)
+    ax.plot([], [], "k-", lw=1.4, label="finite-batch theory")
+    ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
+    ax.plot([], [], "k:", lw=1.2, label="closed form")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size $B$ (samples per component)" if sampling == "stratified"
+                  else "batch size $B$ (samples in total, categorical)")
+    ax.set_ylabel(r"$P_{\rm collapse}$")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
-def markdown_table(rows: Sequence[dict], digits: int = 3,
-                   columns: dict[str, tuple[str, str | None]] | None = None) -> str:
-    """Render a list of dicts (same keys) as a Markdown table.
+def _closed_iso(G):
+    p = G.problem
+    return lambda b, t: C.collapse_probability(b, t, d=p.d, R=p.R, w_star=p.w_star, lr=p.lr)
 
-    Args:
-      rows: the table rows.
-      digits: decimals of floats without a format of their own; a float with an integral value
-        is printed as an integer (``200``, not ``200.000``).
-      columns: key -> (header, format such as ``"{:.2f}"`` or ``None``), added to (and
-        overriding) :data:`TABLE_COLUMNS`; keys listed in neither keep their name.
-    """
-    if not rows:
-        return ""
-    columns = {**TABLE_COLUMNS, **(columns or {})}
-    cols = list(rows[0].keys())
 
-    def fmt(v, spec=None):
-        if isinstance(v, (bool, np.bool_)):
-            return str(bool(v))
-        if spec is not None and isinstance(v, (int, float, np.integer, np.floating)):
-            if spec == "{:d}":
-                v = int(v)
-            return spec.format(v)
-        if isinstance(v, (float, np.floating)):
-            v = float(v)
-            return f"{int(v)}" if v.is_integer() and abs(v) < 1e15 else f"{v:.{digits}f}"
-        return str(v).replace("|", "\\|")       # a pipe inside a cell would split it
+@register("ch3_mechanism", chapter=3, description="ODE runs showing amplification and collapse")
+def fig_mechanism(preset: Preset):
+    G = preset.gmm_grid
+    return plot_mechanism(mechanism_trajectories(G), C.critical_beta(G.problem.R, G.problem.w_star),
+                          G.problem.lr)
 
-    def head(c):
-        return columns.get(c, (c, None))[0].replace("|", "\\|")
 
-    lines = ["| " + " | ".join(head(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c], columns.get(c, (c, None))[1]) for c in cols) + " |"
-              for r in rows]
-    return "\n".join(lines)
+@register("ch3_stability", chapter=3, description="stability of the antipodal state against beta")
+def fig_stability(preset: Preset):
+    G = preset.gmm_grid
+    betas, a1, _, _, lam = stability_scan(G)
+    keep = betas <= 1.0                     # the physical range: beta never exceeds 1
+    betas, a1, lam = betas[keep], a1[keep], lam[keep]
+    R = G.problem.R
+    return plot_stability(betas, a1, lam, R * np.sqrt(betas) / np.sqrt(2 * np.pi), R,
+                          C.critical_beta(R, G.problem.w_star), C.PAPER_ALPHA)
+
+
+@register("ch3_branch", chapter=3,
+          description="tilt of the antipodal pair: exact symmetric branch and linear response")
+def fig_branch(preset: Preset):
+    return plot_symmetric_branch(*branch_scan(preset.gmm_grid))
+
+
+@register("ch3_heatmap", chapter=3, description="Monte-Carlo collapse probability over (beta_i, t0)")
+def fig_heatmap(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_heatmap(A, iso_fn=_closed_iso(G),
+                        iso_label=r"closed form $P=0.5$ (derived $\alpha$)", R=G.problem.R)
+
+
+@register("ch3_slices", chapter=3, description="per-beta_i slices: Monte Carlo against both theories")
+def fig_slices(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_slices(A, slice_theories(theory_grid(G)), R=G.problem.R)
+
+
+@register("ch3_rate", chapter=3, description="collapse probability against the annealing rate")
+def fig_rate(preset: Preset):
+    G = preset.gmm_grid
+    A, _ = mc_grid(G, workers=default_workers(preset.name))
+    return plot_vs_rate(A, hot_start_curve(G), R=G.problem.R,
+                        beta_c=C.critical_beta(G.problem.R, G.problem.w_star),
+                        hot_fraction=HOT_FRACTION)
+
+
+@register("ch3_batch", chapter=3, description="collapse probability against the batch size B")
+def fig_batch(preset: Preset):
+    G = preset.gmm_grid
+    return plot_batch_sensitivity(sensitivity_rows(G, default_workers(preset.name)), G.n_iter_extra,
+                                  G.problem.sampling)
+
+
+def plot_batch_scan(rows: list[dict], R: float, log10_beta_r2: float):
+    """Collapse probability against the total number of samples per step on one row: Monte
+    Carlo (95% Wilson bars; open markers: the other sampling protocol), the finite-batch theory
+    (solid) and the ODE-propagated probability (dashed, B -> infinity), one colour per t0."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
+    main = rows[0]["sampling"]
+    for t0 in sorted({r["t0"] for r in rows}):
+        grp = sorted((r for r in rows if r["t0"] == t0 and r["sampling"] == main),
+                     key=lambda r: r["total_samples"])
+        n = np.array([r["total_samples"] for r in grp], float)
+        pm = np.array([r["p_collapse"] for r in grp])
+        lo = np.array([r["ci_low"] for r in grp])
+        hi = np.array([r["ci_high"] for r in grp])
+        line = ax.errorbar(n, pm, yerr=[pm - lo, hi - pm], fmt="o", capsize=3,
+                           label=f"$t_0={t0:g}$")
+        c = line[0].get_color()
+        ax.plot(n, [r["finite-batch theory"] for r in grp], "-", color=c, lw=1.4)
+        ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
+        for r in rows:
+            if r["t0"] == t0 and r["sampling"] != main:
+                ax.errorbar([r["total_samples"] * 1.08], [r["p_collapse"]],
+                            yerr=[[r["p_collapse"] - r["ci_low"]], [r["ci_high"] - r["p_collapse"]]],
+                            fmt="s", mfc="white", color=c, capsize=3)
+    other = "categorical" if main == "stratified" else "stratified"
+    ax.plot([], [], "k-", lw=1.4, label="finite-batch theory")
+    ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
+    ax.plot([], [], "ks", mfc="white", label=f"{other} sampling")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"samples per step in total ({main}; $B$ = half of it per component)"
+                  if main == "stratified" else "samples per step in total (categorical)")
+    ax.set_ylabel(r"$P_{\rm collapse}$")
+    ax.set_title(f"$\\log_{{10}}\\beta_iR^2={log10_beta_r2:g}$")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+@register("ch3_bscan", chapter=3,
+          description="batch-size scan on the hottest row: Monte Carlo vs finite-batch theory")
+def fig_batch_scan(preset: Preset):
+    G = preset.gmm_grid
+    rows, _ = load_batch_scan(G, workers=default_workers(preset.name))
+    return plot_batch_scan(batch_scan_theory(G, rows), G.problem.R, G.bscan_log10)
