@@ -66,6 +66,17 @@ def check_beta(name: str, value: Any) -> float:
     return x
 
 
+def check_float_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+                      hi_open: bool = False, unit: str = "") -> float:
+    """Check a finite ``lo <= value <= hi`` (``lo_open``/``hi_open``: strict), naming the allowed
+    interval (and ``unit``, e.g. ``" steps"``) in the error."""
+    x = _as_float(name, value)
+    if not ((x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)):
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}{unit}, got {value!r}")
+    return x
+
+
 def check_positive(name: str, value: Any) -> float:
     """Check ``value > 0`` (e.g. R, t0, learning rate)."""
     x = _as_float(name, value)

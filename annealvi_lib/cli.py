@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _grid_config(args):
     """The preset's grid configuration with the command-line options applied; every option is
     checked here, with its command-line name, before any computation."""
-    from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_int_at_least, check_int_range)
+    from ._validate import (MAX_SEED, MAX_SEEDS, MAX_STEPS, check_float_range,
+                            check_int_at_least, check_int_range)
 
     preset = get_preset(args.preset)
     cfg = preset.gmm_grid if args.study == "gmm" else preset.realnvp_grid
@@ -206,8 +207,7 @@ def _grid_config(args):
         from .config import MIN_GRID_BETA
 
         for b in args.beta_i:
-            if not (math.isfinite(b) and MIN_GRID_BETA <= b <= 1):
-                raise ValueError(f"--beta-i values must lie in [{MIN_GRID_BETA:g}, 1], got {b!r}")
+            check_float_range("--beta-i values", b, MIN_GRID_BETA, 1)
         if len({f"{b:.12g}" for b in args.beta_i}) != len(args.beta_i):
             raise ValueError(f"--beta-i values must be distinct, got {args.beta_i}")
         if args.study == "gmm":
@@ -217,8 +217,7 @@ def _grid_config(args):
             changes["include_beta_one"] = any(b == 1 for b in args.beta_i)
     if args.t0 is not None:
         for t in args.t0:
-            if not (math.isfinite(t) and 0 < t <= MAX_STEPS):
-                raise ValueError(f"--t0 values must be in (0, {MAX_STEPS}] steps, got {t!r}")
+            check_float_range("--t0 values", t, 0, MAX_STEPS, lo_open=True, unit=" steps")
             if args.study == "realnvp" and not float(t).is_integer():
                 raise ValueError(f"--t0 values must be whole numbers of steps for realnvp, "
                                  f"got {t!r}")
@@ -398,63 +397,73 @@ def _cmd_theory(args) -> int:
     return 0
 
 
-def _cmd_batch_scan(args) -> int:
+def _run_archive(args, config_of, header, write) -> int:
+    """The archive commands: check the options, print what will run, write the archive with the
+    command that regenerates it recorded in its provenance."""
     from ._validate import check_int_at_least
-    from .experiments.ch3_finite_batch import batch_scan_settings, write_batch_scan
 
     check_int_at_least("--workers", args.workers, 1)
-    G = get_preset(args.preset).gmm_grid
+    cfg = config_of(get_preset(args.preset))
     out = _check_out_dir("--out", args.out, writable=True)
-    pts = ", ".join(f"{B} {s}" for B, s in batch_scan_settings(G))
-    print(f"[annealvi] batch scan, preset {args.preset}: log10(beta_i R^2) = {G.bscan_log10:g}, "
-          f"t0 in {G.bscan_t0s}, B in [{pts}], {G.bscan_seeds} seeds per point", file=sys.stderr)
-    command = (f"python -m annealvi_lib batch-scan --preset {args.preset} --out {args.out} "
-               f"--workers {args.workers}")
-    folder = write_batch_scan(G, out, workers=args.workers, command=command,
-                              progress=False if args.no_progress else None)
-    print(f"[annealvi] wrote {folder}", file=sys.stderr)
-    return 0
-
-
-def _cmd_realnvp_archive(args) -> int:
-    from ._validate import check_int_at_least
-    from .experiments.ch4_realnvp import write_grid_archive, write_studies_archive
-
-    check_int_at_least("--workers", args.workers, 1)
-    cfg = get_preset(args.preset).realnvp_grid
-    out = _check_out_dir("--out", args.out, writable=True)
-    if args.part == "grid":
-        print(f"[annealvi] RealNVP grid, preset {args.preset}: d = {cfg.d}, "
-              f"{len(cfg.beta_is)} x {len(cfg.t0s)} cells x {cfg.n_seeds} seeds", file=sys.stderr)
-    else:
-        print(f"[annealvi] RealNVP side studies, preset {args.preset}: trend d in "
-              f"{cfg.trend_dims} ({len(cfg.trend_cells)} cells x {cfg.trend_seeds} seeds), "
-              f"comparisons ({cfg.compare_seeds} runs per arm)", file=sys.stderr)
-    command = (f"python -m annealvi_lib realnvp-archive {args.part} --preset {args.preset} "
+    print(f"[annealvi] {header(cfg)}", file=sys.stderr)
+    part = f" {args.part}" if getattr(args, "part", None) else ""
+    command = (f"python -m annealvi_lib {args.command}{part} --preset {args.preset} "
                f"--out {args.out} --workers {args.workers}")
-    write = write_grid_archive if args.part == "grid" else write_studies_archive
     folder = write(cfg, out, workers=args.workers, command=command,
                    progress=False if args.no_progress else None)
     print(f"[annealvi] wrote {folder}", file=sys.stderr)
     return 0
 
 
+def _cmd_batch_scan(args) -> int:
+    from .experiments.ch3_finite_batch import batch_scan_settings, write_batch_scan
+
+    def header(G):
+        pts = ", ".join(f"{B} {s}" for B, s in batch_scan_settings(G))
+        return (f"batch scan, preset {args.preset}: log10(beta_i R^2) = {G.bscan_log10:g}, "
+                f"t0 in {G.bscan_t0s}, B in [{pts}], {G.bscan_seeds} seeds per point")
+
+    return _run_archive(args, lambda p: p.gmm_grid, header, write_batch_scan)
+
+
+def _cmd_realnvp_archive(args) -> int:
+    from .experiments.ch4_realnvp import write_grid_archive, write_studies_archive
+
+    def header(cfg):
+        if args.part == "grid":
+            return (f"RealNVP grid, preset {args.preset}: d = {cfg.d}, "
+                    f"{len(cfg.beta_is)} x {len(cfg.t0s)} cells x {cfg.n_seeds} seeds")
+        return (f"RealNVP side studies, preset {args.preset}: trend d in {cfg.trend_dims} "
+                f"({len(cfg.trend_cells)} cells x {cfg.trend_seeds} seeds), comparisons "
+                f"({cfg.compare_seeds} runs per arm)")
+
+    write = write_grid_archive if args.part == "grid" else write_studies_archive
+    return _run_archive(args, lambda p: p.realnvp_grid, header, write)
+
+
+def _cmd_design_archive(args) -> int:
+    from .experiments.ch5_archive import write_design_archive
+
+    def header(cfg):
+        return (f"schedule design, preset {args.preset}: {len(cfg.families)} families x "
+                f"{len(cfg.budgets)} budgets, d in {cfg.dims}, {len(cfg.targets)} targets, "
+                f"{len(cfg.recommend_settings)} recommender checks")
+
+    return _run_archive(args, lambda p: p.design, header, write_design_archive)
+
+
 def _check_recommend_args(args) -> None:
     """Every option of ``recommend`` with its command-line name and allowed range (exit 2)."""
-    from ._validate import MAX_SEED, check_int_at_least, check_int_range
+    from ._validate import (MAX_SEED, check_float_range, check_int_at_least, check_int_range,
+                            check_open_unit, check_positive)
 
     check_int_at_least("--d", args.d, 33)
-    if not (math.isfinite(args.R) and args.R > 0):
-        raise ValueError(f"--R must be a finite number > 0, got {args.R!r}")
-    if not (math.isfinite(args.w_star) and 0.5 < args.w_star < 1):
-        raise ValueError(f"--w-star must lie in (0.5, 1), got {args.w_star!r}")
-    if not (math.isfinite(args.p) and 0 < args.p < 1):
-        raise ValueError(f"--p must lie in (0, 1), got {args.p!r}")
+    check_positive("--R", args.R)
+    check_float_range("--w-star", args.w_star, 0.5, 1, lo_open=True, hi_open=True)
+    check_open_unit("--p", args.p)
     check_int_range("--batch", args.batch, 1, 10**6)
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr!r}")
-    if not (math.isfinite(args.max_t0) and 25 <= args.max_t0 <= 10**5):
-        raise ValueError(f"--max-t0 must lie in [25, 100000] steps, got {args.max_t0!r}")
+    check_positive("--lr", args.lr)
+    check_float_range("--max-t0", args.max_t0, 25, 10**5, unit=" steps")
     if args.verify is not None:
         check_int_range("--verify", args.verify, 1, 10**5)
     check_int_range("--n-iter-extra", args.n_iter_extra, 0, 10**5)
@@ -512,24 +521,6 @@ def _cmd_recommend(args) -> int:
               f"{rec.p_predicted[BEST_THEORY]:.3f}, printed above); raise --p or --max-t0",
               file=sys.stderr)
         return 2
-    return 0
-
-
-def _cmd_design_archive(args) -> int:
-    from ._validate import check_int_at_least
-    from .experiments.ch5_archive import write_design_archive
-
-    check_int_at_least("--workers", args.workers, 1)
-    cfg = get_preset(args.preset).design
-    out = _check_out_dir("--out", args.out, writable=True)
-    print(f"[annealvi] schedule design, preset {args.preset}: {len(cfg.families)} families x "
-          f"{len(cfg.budgets)} budgets, d in {cfg.dims}, {len(cfg.targets)} targets, "
-          f"{len(cfg.recommend_settings)} recommender checks", file=sys.stderr)
-    command = (f"python -m annealvi_lib design-archive --preset {args.preset} --out {args.out} "
-               f"--workers {args.workers}")
-    folder = write_design_archive(cfg, out, workers=args.workers, command=command,
-                                  progress=False if args.no_progress else None)
-    print(f"[annealvi] wrote {folder}", file=sys.stderr)
     return 0
 
 

@@ -151,7 +151,29 @@ def grid_beta(log10_value: float, scale: float) -> float:
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class _AnnealedRun:
+    """Fields shared by chapters 1 and 2, which anneal one problem with the exponential schedule
+    from ``beta_i = 1 / (beta_i_factor R^2)`` to 1 at ``t0``."""
+
+    problem: Problem = Problem(d=128, batch=1024)
+    beta_i_factor: float = 10.0          # beta_i = 1 / (beta_i_factor * R^2)
+    t0: float = 700.0
+
+    def _check_annealing(self):
+        _check_problem(self)
+        _normalise(self, beta_i_factor=check_positive, t0=check_t0)
+        if self.beta_i_factor * self.problem.R**2 < 1:
+            raise ValueError(f"beta_i_factor must be >= 1/R^2 = {1 / self.problem.R**2:.4g} "
+                             f"(beta_i in (0, 1]), got {self.beta_i_factor!r}")
+
+    @property
+    def beta_i(self) -> float:
+        """The initial inverse temperature ``1 / (beta_i_factor R^2)``."""
+        return 1.0 / (self.beta_i_factor * self.problem.R**2)
+
+
+@dataclass(frozen=True)
+class DemoConfig(_AnnealedRun):
     """Chapter 1's opening experiment (vanilla, covering init, annealed)."""
 
     problem: Problem = Problem(d=128, batch=1024)
@@ -159,31 +181,20 @@ class DemoConfig:
     # undecided then (final |s| near 0), and every run has settled by 400 (chapter 1 reports both)
     n_iter_vanilla: int = 400
     n_iter_annealed: int = 800
-    t0: float = 700.0
-    beta_i_factor: float = 10.0          # beta_i = 1 / (beta_i_factor * R^2)
     covering_var_factor: float = 10.0    # covering init: sigma^2(0) = factor * R^2
     seed: int = 0
 
     def __post_init__(self):
-        _check_problem(self)
-        _normalise(self, n_iter_vanilla=_STEPS, n_iter_annealed=_STEPS, t0=check_t0,
-                   beta_i_factor=check_positive, covering_var_factor=check_positive, seed=_SEED)
-        if self.beta_i_factor * self.problem.R**2 < 1:
-            raise ValueError(f"beta_i_factor must be >= 1/R^2 = {1 / self.problem.R**2:.4g} "
-                             f"(beta_i in (0, 1]), got {self.beta_i_factor!r}")
-
-    @property
-    def beta_i(self) -> float:
-        return 1.0 / (self.beta_i_factor * self.problem.R**2)
+        self._check_annealing()
+        _normalise(self, n_iter_vanilla=_STEPS, n_iter_annealed=_STEPS,
+                   covering_var_factor=check_positive, seed=_SEED)
 
 
 @dataclass(frozen=True)
-class OdeCheckConfig:
+class OdeCheckConfig(_AnnealedRun):
     """Chapter 2: ODE against simulation, and the error scaling with d and B."""
 
     problem: Problem = Problem(d=512, batch=1024)
-    beta_i_factor: float = 10.0
-    t0: float = 700.0
     n_iter: int = 800
     dims: tuple = (64, 128, 256, 512, 1024, 2048)
     batches: tuple = (64, 256, 1024, 4096)
@@ -202,9 +213,8 @@ class OdeCheckConfig:
     lag_batch: int = 1024
 
     def __post_init__(self):
-        _check_problem(self)
-        _normalise(self, beta_i_factor=check_positive, t0=check_t0, n_iter=_STEPS, n_seeds=_N_SEEDS,
-                   seed=_SEED, scan_t0=check_t0, scan_n_iter=_STEPS, scan_batch=_int_at_least(1),
+        self._check_annealing()
+        _normalise(self, n_iter=_STEPS, n_seeds=_N_SEEDS, seed=_SEED, scan_t0=check_t0, scan_n_iter=_STEPS, scan_batch=_int_at_least(1),
                    scan_d=_int_at_least(3), lag_beta_i=check_beta, lag_t0s=_seq(check_t0),
                    lag_d=_int_at_least(3), lag_batch=_int_at_least(1),
                    dims=_seq(_int_at_least(2)), batches=_seq(_int_at_least(1)))

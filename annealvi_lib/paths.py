@@ -23,16 +23,17 @@ def repo_root() -> Path:
 def cache_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Results cache folder: ``override``, ``$ANNEALVI_CACHE`` or ``<repo>/results`` (created if
     missing, unless ``create=False``)."""
-    path = Path(override or os.environ.get("ANNEALVI_CACHE") or repo_root() / "results")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _folder(override, "ANNEALVI_CACHE", "results", create)
 
 
 def figures_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Figure output folder: ``override``, ``$ANNEALVI_FIGURES`` or ``<repo>/figures`` (created if
     missing, unless ``create=False``)."""
-    path = Path(override or os.environ.get("ANNEALVI_FIGURES") or repo_root() / "figures")
+    return _folder(override, "ANNEALVI_FIGURES", "figures", create)
+
+
+def _folder(override, env: str, default: str, create: bool) -> Path:
+    path = Path(override or os.environ.get(env) or repo_root() / default)
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path

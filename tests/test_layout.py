@@ -9,8 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 import annealvi_lib
 from annealvi_lib.cache import SUBPACKAGES, location_free, source_hash
 
@@ -70,6 +68,44 @@ def test_golden_cells_unchanged():
     assert stored["provenance"]["commit"].startswith("b0412be")   # before the reorganisation
     bad = golden_cells.compare(golden_cells.compute(), stored["values"])
     assert not bad, "\n".join(bad)
+
+
+def test_presets_unchanged():
+    """Every preset's configuration equals the one before the reorganisation (the config
+    classes now share their annealing fields; values, names and defaults must not move)."""
+    import dataclasses
+
+    from annealvi_lib.config import PRESET_NAMES, get_preset
+
+    stored = json.loads((ROOT / "tests" / "data" / "golden_presets.json").read_text())
+    now = json.loads(json.dumps({n: dataclasses.asdict(get_preset(n)) for n in PRESET_NAMES},
+                                sort_keys=True, default=str))
+    assert now == stored["presets"]
+
+
+def test_cache_keys_cover_the_code_a_study_runs():
+    """A grid's cache key hashes every model module its runs import (transitively), so that no
+    edit of the sampler's code can reuse stale results."""
+    from annealvi_lib.experiments import grid
+
+    mods = _modules()
+    graph = {m: _imports(m, p) for m, p in mods.items()}
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return seen
+
+    entry = {"gmm": ("models.student", "models.reduced"), "realnvp": ("models.realnvp",)}
+    for study, roots in entry.items():
+        used = set().union(*(reach(r) for r in roots))
+        hashed = {f[:-3].replace("/", ".") for f in grid._SOURCES[study]}
+        need = {m for m in used if m.startswith("models.") or m in ("seeding", "metrics")}
+        assert need <= hashed, f"{study}: {sorted(need - hashed)} not in the cache key"
 
 
 def test_golden_compare_detects_a_change():

@@ -50,7 +50,7 @@ _STATS = ("m1", "m2", "s", "var1", "var2", "beta")
 
 def beta_i(C: OdeCheckConfig) -> float:
     """Initial inverse temperature of the validation run and the scans, ``1/(factor R^2)``."""
-    return 1.0 / (C.beta_i_factor * C.problem.R**2)
+    return C.beta_i
 
 
 def preset_rows(name: str, C: OdeCheckConfig) -> list[tuple[str, str]]:

@@ -90,12 +90,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._rng import fast_threefry
-from .._validate import check_int_at_least, check_positive
+from .._validate import check_int_at_least
 from ..seeding import lanes, padded_blocks
 from .schedules import Schedule
 from .reduced_grads import grads_from_sums, noise_sums, span_coords, step_loss
 from .reduced_noise import StepNoise, draw_step_noise
-from .student import Hyper, Trajectory, init_student, summary_stats
+from .student import (Hyper, init_student, run_seeds, scan_trajectory, seeds_program,
+                      summary_stats)
 from .targets import Target, log_partition
 
 __all__ = [
@@ -298,10 +299,7 @@ def _run(key, state0, target, betas, hyper: Hyper, record: bool):
     kl_last = step_loss(mu, final.var, last_noise, betas[-1], target.R, target.w_star,
                         target.d) + log_z[-1]
     last = (final.m[0], final.m[1], final.s, final.var[0], final.var[1], kl_last)
-    cols = [jnp.concatenate([r, jnp.atleast_1d(v)]) for r, v in zip(rec, last)]
-    traj = Trajectory(m1=cols[0], m2=cols[1], s=cols[2], var1=cols[3], var2=cols[4],
-                      beta=betas, kl=cols[5])
-    return final, traj
+    return final, scan_trajectory(rec, last, betas)
 
 
 def _simulate_reduced(key, state0, target, schedule: Schedule, n_iter: int, hyper: Hyper,
@@ -410,17 +408,7 @@ def simulate_reduced_betas(init_keys, noise_keys, target: Target, betas, hyper: 
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
-def _simulate_reduced_seeds(init_keys, noise_keys, target, schedule, n_iter, hyper, var0,
-                            record):
-    def one(ki, kn):
-        state0 = init_reduced(ki, target, var0)
-        return _simulate_reduced(kn, state0, target, schedule, n_iter, hyper, record)
-
-    return jax.vmap(one)(init_keys, noise_keys)
-
-
-_simulate_reduced_seeds_jit = jax.jit(
-    _simulate_reduced_seeds, static_argnames=("schedule", "n_iter", "hyper", "var0", "record"))
+_simulate_reduced_seeds_jit = seeds_program(init_reduced, _simulate_reduced)
 
 
 def simulate_reduced_seeds(init_keys, noise_keys, target: Target, schedule: Schedule,
@@ -443,10 +431,5 @@ def simulate_reduced_seeds(init_keys, noise_keys, target: Target, schedule: Sche
       :func:`~annealvi_lib.models.student.classify_collapse` on ``final.s`` (non-finite -> failed).
     """
     _check_dim(target)
-    n_iter = check_int_at_least("n_iter", n_iter, 0)
-    if var0 is None:
-        var0 = 1.0 / float(schedule(0))
-    var0 = check_positive("var0", var0)
-    with fast_threefry():
-        return _simulate_reduced_seeds_jit(init_keys, noise_keys, target, schedule, n_iter, hyper,
-                                           float(var0), record)
+    return run_seeds(_simulate_reduced_seeds_jit, init_keys, noise_keys, target, schedule, n_iter,
+                     hyper, var0, record)

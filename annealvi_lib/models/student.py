@@ -56,6 +56,9 @@ __all__ = [
     "summary_stats",
     "simulate",
     "simulate_seeds",
+    "seeds_program",
+    "run_seeds",
+    "scan_trajectory",
     "seed_keys",
     "classify_collapse",
     "run_with_range",
@@ -261,11 +264,16 @@ def _simulate(key, state0, target, schedule: Schedule, n_iter: int, hyper: Hyper
         z = jax.random.normal(keys[-1], (2, hyper.batch, target.d))
         kl_last = mc_loss(final, target, betas[-1], z) + log_z[-1]
     m1, m2, s = summary_stats(final, target)
-    last = (m1, m2, s, final.var[0], final.var[1], kl_last)
+    return final, scan_trajectory(rec, (m1, m2, s, final.var[0], final.var[1], kl_last), betas)
+
+
+def scan_trajectory(rec, last, betas) -> Trajectory:
+    """The :class:`Trajectory` of a run from its scan's per-step records ``rec`` = (m1, m2, s,
+    var1, var2, kl) before each step (arrays of length n_iter) and ``last``, the same six values
+    of the final state: entry t is the state before step t, the last one the final state."""
     cols = [jnp.concatenate([r, jnp.atleast_1d(v)]) for r, v in zip(rec, last)]
-    traj = Trajectory(m1=cols[0], m2=cols[1], s=cols[2], var1=cols[3], var2=cols[4],
+    return Trajectory(m1=cols[0], m2=cols[1], s=cols[2], var1=cols[3], var2=cols[4],
                       beta=betas, kl=cols[5])
-    return final, traj
 
 
 def run_with_range(step, key, state0, target, betas, hyper: Hyper):
@@ -341,25 +349,40 @@ def simulate_seeds(init_keys, noise_keys, target: Target, schedule: Schedule, n_
     Returns:
       ``(final_states, trajectories)`` with a leading seed axis of size S.
     """
+    return run_seeds(_simulate_seeds_jit, init_keys, noise_keys, target, schedule, n_iter, hyper,
+                     var0, record)
+
+
+def seeds_program(init, simulate_one):
+    """The jit-compiled ``vmap`` over seeds of one sampler's run:
+    ``simulate_one(noise_key, init(init_key, target, var0), target, schedule, n_iter, hyper,
+    record)`` (the exact sampler's and the reduced one's, with the same keys)."""
+    def many(init_keys, noise_keys, target, schedule, n_iter, hyper, var0, record):
+        def one(ki, kn):
+            return simulate_one(kn, init(ki, target, var0), target, schedule, n_iter, hyper,
+                                record)
+
+        return jax.vmap(one)(init_keys, noise_keys)
+
+    return jax.jit(many, static_argnames=("schedule", "n_iter", "hyper", "var0", "record"))
+
+
+def run_seeds(program, init_keys, noise_keys, target: Target, schedule: Schedule, n_iter: int,
+              hyper: Hyper, var0: float | None, record: bool):
+    """Check the arguments of a seeds runner (``n_iter >= 0``, ``var0 > 0``, default
+    ``1 / beta(0)``) and run ``program`` (from :func:`seeds_program`)."""
     n_iter = check_int_at_least("n_iter", n_iter, 0)
     if var0 is None:
         var0 = 1.0 / float(schedule(0))
     var0 = check_positive("var0", var0)
     with fast_threefry():
-        return _simulate_seeds_jit(init_keys, noise_keys, target, schedule, n_iter, hyper,
-                                   float(var0), record)
+        return program(init_keys, noise_keys, target, schedule, n_iter, hyper, float(var0),
+                       record)
 
 
-def _simulate_seeds(init_keys, noise_keys, target, schedule, n_iter, hyper, var0, record):
-    def one(ki, kn):
-        state0 = init_student(ki, target.d, target.R, var0)
-        return _simulate(kn, state0, target, schedule, n_iter, hyper, record)
-
-    return jax.vmap(one)(init_keys, noise_keys)
-
-
-_simulate_seeds_jit = jax.jit(
-    _simulate_seeds, static_argnames=("schedule", "n_iter", "hyper", "var0", "record"))
+_simulate_seeds_jit = seeds_program(lambda key, target, var0: init_student(key, target.d,
+                                                                            target.R, var0),
+                                    _simulate)
 
 
 #: A student variance below this is outside any physically possible range: every tempered

@@ -353,7 +353,10 @@ class OdeTrajectory(NamedTuple):
     beta: jax.Array
 
 
-def _validate_common(schedule, n_iter, R, w_star, lr, w1, method, substeps, d_over_batch):
+def _checked_integrate(stats0, five, schedule, n_iter, R, w_star, lr, w1, method, substeps,
+                       record, d_over_batch) -> OdeTrajectory:
+    """Validate the arguments of :func:`integrate_ode` (``five=False``, statistics (m1, m2, s))
+    or :func:`integrate_ode5` (``five=True``, plus v1, v2), then integrate."""
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be an annealvi_lib.models.schedules.Schedule, got {schedule!r}")
     n_iter = check_int_at_least("n_iter", n_iter, 0)
@@ -368,7 +371,14 @@ def _validate_common(schedule, n_iter, R, w_star, lr, w1, method, substeps, d_ov
             raise ValueError(f"d_over_batch must be a finite number >= 0, got {d_over_batch!r}")
         if method != "euler":
             raise ValueError("d_over_batch (finite-batch correction) requires method='euler'")
-    return n_iter, substeps
+    x0 = jnp.asarray(stats0, jnp.float32)
+    names = "(m1, m2, s, v1, v2)" if five else "(m1, m2, s)"
+    if x0.shape[-1:] != (len(names.split(",")),):
+        raise ValueError(f"stats0 must have shape (..., {len(names.split(','))}) = {names}, "
+                         f"got {x0.shape}")
+    dob = 0.0 if d_over_batch is None else float(d_over_batch)
+    return _integrate(x0, schedule, n_iter, float(R), float(w_star), float(lr), float(w1),
+                      method, substeps, record, five, d_over_batch is not None, dob)
 
 
 @partial(jax.jit, static_argnames=("schedule", "n_iter", "R", "w_star", "lr", "w1", "method",
@@ -473,14 +483,8 @@ def integrate_ode(stats0, schedule: Schedule, n_iter: int, *, R: float, w_star: 
     Returns:
       :class:`OdeTrajectory` with arrays of shape (..., n_iter + 1) (or (..., 1)).
     """
-    n_iter, substeps = _validate_common(schedule, n_iter, R, w_star, lr, w1, method, substeps,
-                                        d_over_batch)
-    x0 = jnp.asarray(stats0, jnp.float32)
-    if x0.shape[-1:] != (3,):
-        raise ValueError(f"stats0 must have shape (..., 3) = (m1, m2, s), got {x0.shape}")
-    dob = 0.0 if d_over_batch is None else float(d_over_batch)
-    return _integrate(x0, schedule, n_iter, float(R), float(w_star), float(lr), float(w1),
-                      method, substeps, record, False, d_over_batch is not None, dob)
+    return _checked_integrate(stats0, False, schedule, n_iter, R, w_star, lr, w1, method,
+                              substeps, record, d_over_batch)
 
 
 def integrate_ode5(stats0, schedule: Schedule, n_iter: int, *, R: float, w_star: float = 0.8,
@@ -491,14 +495,8 @@ def integrate_ode5(stats0, schedule: Schedule, n_iter: int, *, R: float, w_star:
     Same API as :func:`integrate_ode`; ``stats0`` has shape (..., 5). In ``euler`` mode the
     variances follow the simulation's discrete map ``v <- v (1 - lr w_k (1 - 1/(beta v)))^2``.
     """
-    n_iter, substeps = _validate_common(schedule, n_iter, R, w_star, lr, w1, method, substeps,
-                                        d_over_batch)
-    x0 = jnp.asarray(stats0, jnp.float32)
-    if x0.shape[-1:] != (5,):
-        raise ValueError(f"stats0 must have shape (..., 5) = (m1, m2, s, v1, v2), got {x0.shape}")
-    dob = 0.0 if d_over_batch is None else float(d_over_batch)
-    return _integrate(x0, schedule, n_iter, float(R), float(w_star), float(lr), float(w1),
-                      method, substeps, record, True, d_over_batch is not None, dob)
+    return _checked_integrate(stats0, True, schedule, n_iter, R, w_star, lr, w1, method,
+                              substeps, record, d_over_batch)
 
 
 # --- initial conditions and helpers -----------------------------------------------------------
