@@ -277,7 +277,8 @@ def _check_out_dir(option: str, path: str, writable: bool = False) -> Path:
 
 
 def _cmd_grid(args) -> int:
-    from .experiments.grid import parse_shard, run_grid, write_grid_csv
+    from .experiments.grid import parse_shard, run_grid
+    from .experiments.grid_csv import write_grid_csv
     from .paths import cache_dir
 
     if args.workers < 1:
@@ -313,7 +314,7 @@ def _cmd_grid(args) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from .experiments.grid import merge_grid_csvs
+    from .experiments.grid_csv import merge_grid_csvs
 
     for p in args.inputs:
         if not Path(p).exists():

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from annealvi_lib.models import realnvp as rn
+from annealvi_lib.models import realnvp_training as rtrain
 from annealvi_lib.config import get_preset
 from annealvi_lib.models.targets import log_partition, log_prob
 
@@ -27,15 +28,15 @@ from annealvi_lib.models.targets import log_partition, log_prob
 def bench(cfg, seeds: int, steps: int, repeats: int) -> dict:
     """Seed-steps/s of ``steps`` annealed training steps for ``seeds`` vmapped flows."""
     spec = rn.spec_from_config(cfg)
-    target = rn.grid_target(cfg, 0)
+    target = rtrain.grid_target(cfg, 0)
     keys = jax.random.split(jax.random.key(0), seeds)
-    params, opt, k_noise, _ = rn._init_jit(keys, spec=spec, lr=cfg.lr)
+    params, opt, k_noise, _ = rtrain._init_jit(keys, spec=spec, lr=cfg.lr)
     kw = dict(spec=spec, sched_name="exp", n_steps=steps, batch=cfg.batch, lr=cfg.lr,
               logp=log_prob, log_z=log_partition)
     args = (jnp.int32(10**6), target, target.mu_star, jnp.float32(0.1), jnp.float32(100.0))
 
     def call(p, o, start):
-        return rn._chunk_jit(p, o, k_noise, jnp.int32(start), *args, **kw)
+        return rtrain._chunk_jit(p, o, k_noise, jnp.int32(start), *args, **kw)
 
     t = time.perf_counter()
     params, opt, rec = call(params, opt, 0)             # compile + warm up

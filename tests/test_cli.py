@@ -132,7 +132,7 @@ def test_figures_glob_selects_chapter(tmp_path, capsys):
 def test_categorical_grid_runs_with_its_own_grid_id(tmp_path, capsys):
     """``grid gmm --sampling categorical`` at tiny size: it runs, states its protocol, and its
     grid id differs from the stratified grid's (separate cache folders)."""
-    from annealvi_lib.experiments.grid import read_grid_csv
+    from annealvi_lib.experiments.grid_csv import read_grid_csv
 
     ids = {}
     for sampling in ("stratified", "categorical"):

@@ -18,7 +18,8 @@ from annealvi_lib import cli
 from annealvi_lib.experiments import grid as G
 from annealvi_lib.config import (DemoConfig, GMMGridConfig, OdeCheckConfig, Problem,
                                  RealNVPGridConfig, get_preset)
-from annealvi_lib.experiments.grid import GridResult, merge_grid_csvs, run_grid, summarise_cell, write_grid_csv
+from annealvi_lib.experiments.grid import GridResult, run_grid, summarise_cell
+from annealvi_lib.experiments.grid_csv import merge_grid_csvs, write_grid_csv
 
 QUICK = get_preset("quick")
 TINY = dataclasses.replace(QUICK.gmm_grid, n_seeds=3, n_iter_extra=5, t0s=(10.0,),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from annealvi_lib.config import get_preset
-from annealvi_lib.experiments.grid import (GRID_COLUMNS, ID_COLUMNS, grid_id, merge_grid_csvs, parse_shard,
-                               read_grid_csv, run_grid, write_grid_csv)
+from annealvi_lib.experiments.grid import GRID_COLUMNS, ID_COLUMNS, grid_id, parse_shard, run_grid
+from annealvi_lib.experiments.grid_csv import merge_grid_csvs, read_grid_csv, write_grid_csv
 
 CFG = dataclasses.replace(get_preset("quick").gmm_grid, n_seeds=6, n_iter_extra=10,
                           t0s=(20.0, 40.0))

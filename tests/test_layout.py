@@ -206,10 +206,19 @@ def test_package_docstring_maps_every_chapter():
         assert used <= listed, f"chapter {ch} also uses {sorted(used - listed)}"
 
 
+#: modules allowed above the limit because they hold one concept (see CONTRIBUTING.md)
+ONE_CONCEPT = {
+    "config": "the presets: one frozen dataclass per experiment, validated in its constructor",
+    "theory.collapse": "the closed form, with its derivation (about 65 lines) in the docstring",
+    "theory.ode": "f, g and the ODE of the summary statistics with its integrators",
+}
+MAX_LINES = 560
+
+
 def test_no_module_is_much_longer_than_500_lines():
-    """Long modules are allowed only where they hold one concept; those are listed here with
-    the reason (see CONTRIBUTING.md)."""
-    one_concept = {}
-    long = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
-    over = {m: n for m, n in long.items() if n > 560 and m not in one_concept}
+    """Every module stays under ~500 lines (MAX_LINES) unless it is listed in ONE_CONCEPT, and
+    the listed ones stay under 650."""
+    lines = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
+    over = {m: n for m, n in lines.items() if n > MAX_LINES and m not in ONE_CONCEPT}
     assert not over, over
+    assert all(lines[m] <= 650 for m in ONE_CONCEPT), {m: lines[m] for m in ONE_CONCEPT}

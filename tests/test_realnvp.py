@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from annealvi_lib.models import realnvp as rn
+from annealvi_lib.models import realnvp_training as rtrain
 from annealvi_lib.models import targets
 from annealvi_lib.config import get_preset
 from annealvi_lib.metrics import COLLAPSE_STD, run_summary
@@ -63,12 +64,12 @@ TINY_ITER = 30                                     # = t0 + n_iter_extra of the 
 
 @pytest.fixture(scope="module")
 def tiny():
-    tgt = rn.grid_target(QUICK, 0)
+    tgt = rtrain.grid_target(QUICK, 0)
     keys = jax.random.split(jax.random.key(3), 3)
     kw = dict(target=tgt, batch=QUICK.batch, record_every=1, n_eval=QUICK.n_eval)
-    out_all = rn.train_seeds(keys, TINY_SPEC, TINY_SCHED, TINY_ITER, **kw)
-    singles = [rn.train(keys[i], TINY_SPEC, TINY_SCHED, TINY_ITER, **kw) for i in range(3)]
-    chunked = rn.train_seeds(keys, TINY_SPEC, TINY_SCHED, TINY_ITER, chunk_steps=7, **kw)
+    out_all = rtrain.train_seeds(keys, TINY_SPEC, TINY_SCHED, TINY_ITER, **kw)
+    singles = [rtrain.train(keys[i], TINY_SPEC, TINY_SCHED, TINY_ITER, **kw) for i in range(3)]
+    chunked = rtrain.train_seeds(keys, TINY_SPEC, TINY_SCHED, TINY_ITER, chunk_steps=7, **kw)
     return tgt, out_all, singles, chunked
 
 
@@ -112,7 +113,7 @@ def test_learns_single_gaussian():
         return -0.5 * jnp.sum(u * u, -1) - jnp.sum(jnp.log(s)) - 0.5 * d * np.log(2 * np.pi)
 
     spec = rn.FlowSpec(d=d, n_layers=4, width=32, depth=2)
-    _, traj, fin = rn.train(jax.random.key(0), spec, Schedule("constant"), 400,
+    _, traj, fin = rtrain.train(jax.random.key(0), spec, Schedule("constant"), 400,
                             log_density=log_density, batch=256, lr=1e-2, record_every=1)
     assert abs(float(traj.kl[0]) - kl_init) < 0.5 * kl_init
     assert -0.01 < float(fin.kl) < 0.05
@@ -127,7 +128,7 @@ def test_beta_one_collapses_on_two_mode_target():
     spec = rn.spec_from_config(cfg)
     tgt = targets.make_target(cfg.d, cfg.R, cfg.w_star, key=jax.random.key(0))
     keys = jax.random.split(jax.random.key(1), 4)
-    _, _, fin = rn.train_seeds(keys, spec, Schedule("constant"), 300, target=tgt,
+    _, _, fin = rtrain.train_seeds(keys, spec, Schedule("constant"), 300, target=tgt,
                                batch=cfg.batch, record_every=50, n_eval=2048)
     res = run_summary(fin.proj, fin.log_w)
     assert not res["failed"].any()
@@ -161,13 +162,13 @@ def test_trajectory_kl_uses_exact_log_partition(tiny):
 
 
 def test_run_cell_chunking_and_keys():
-    a = rn.run_realnvp_cell(QUICK, 0.1, 20.0, np.arange(3), master_seed=0)
+    a = rtrain.run_realnvp_cell(QUICK, 0.1, 20.0, np.arange(3), master_seed=0)
     assert set(a) == {"collapsed", "failed", "proj_std", "proj_mean", "mass_plus", "ess", "kl"}
     assert all(v.shape == (3,) for v in a.values())
-    b = rn.run_realnvp_cell(dataclasses.replace(QUICK, seed_chunk=1), 0.1, 20.0,
+    b = rtrain.run_realnvp_cell(dataclasses.replace(QUICK, seed_chunk=1), 0.1, 20.0,
                             np.array([2]), 0)
     np.testing.assert_allclose(b["proj_std"], a["proj_std"][2:], rtol=1e-4)
-    c = rn.run_realnvp_cell(QUICK, 0.1, 20.0, np.arange(3), master_seed=1)
+    c = rtrain.run_realnvp_cell(QUICK, 0.1, 20.0, np.arange(3), master_seed=1)
     assert not np.allclose(c["proj_std"], a["proj_std"])
 
 
@@ -180,16 +181,16 @@ def test_validation_errors():
     k = jax.random.split(jax.random.key(0), 1)
     tgt = targets.make_target(4, key=jax.random.key(0))
     with pytest.raises(ValueError, match="n_iter"):
-        rn.train_seeds(k, spec, Schedule(), 0, target=tgt)
+        rtrain.train_seeds(k, spec, Schedule(), 0, target=tgt)
     with pytest.raises(ValueError, match="exactly one"):
-        rn.train_seeds(k, spec, Schedule(), 5, target=tgt, log_density=lambda x: x[..., 0],
+        rtrain.train_seeds(k, spec, Schedule(), 5, target=tgt, log_density=lambda x: x[..., 0],
                        record_every=1)
     with pytest.raises(ValueError, match="dimension"):
-        rn.train_seeds(k, spec, Schedule(), 5, target=targets.make_target(6), record_every=1)
+        rtrain.train_seeds(k, spec, Schedule(), 5, target=targets.make_target(6), record_every=1)
     cfg = get_preset("quick").realnvp_grid
     with pytest.raises(ValueError, match="beta_i"):
-        rn.run_realnvp_cell(cfg, 1.5, 20.0, np.arange(2), 0)
+        rtrain.run_realnvp_cell(cfg, 1.5, 20.0, np.arange(2), 0)
     with pytest.raises(ValueError, match="t0"):
-        rn.run_realnvp_cell(cfg, 0.5, -1.0, np.arange(2), 0)
+        rtrain.run_realnvp_cell(cfg, 0.5, -1.0, np.arange(2), 0)
     with pytest.raises(ValueError, match="replicates"):
-        rn.run_realnvp_cell(cfg, 0.5, 20.0, np.array([]), 0)
+        rtrain.run_realnvp_cell(cfg, 0.5, 20.0, np.array([]), 0)

@@ -14,6 +14,7 @@ import pytest
 
 from annealvi_lib import archive
 from annealvi_lib.models import realnvp as rn
+from annealvi_lib.models import realnvp_training as rtrain
 from annealvi_lib.experiments import ch4_realnvp as S
 from annealvi_lib.experiments import ch4_verdicts as V
 from annealvi_lib.config import RealNVPGridConfig, get_preset
@@ -171,8 +172,8 @@ TINY = RealNVPGridConfig(d=4, width=8, depth=1, n_layers=2, batch=16, log10_beta
 
 def test_a_subset_of_replicates_reproduces_the_cell():
     b = TINY.beta_is[0]
-    full = rn.run_realnvp_cell(TINY, b, 5.0, np.arange(5), 0)
-    part = rn.run_realnvp_cell(TINY, b, 5.0, np.array([0, 3]), 0)
+    full = rtrain.run_realnvp_cell(TINY, b, 5.0, np.arange(5), 0)
+    part = rtrain.run_realnvp_cell(TINY, b, 5.0, np.array([0, 3]), 0)
     for f in ("proj_std", "mass_plus", "kl", "ess"):
         assert np.array_equal(np.asarray(part[f]), np.asarray(full[f])[[0, 3]]), f
 
@@ -181,11 +182,11 @@ def test_blocks_spread_over_devices_give_the_same_runs():
     """Four host devices (XLA's forced device count) run the blocks concurrently; the per-run
     statistics are those of one device."""
     code = ("import numpy as np, jax, json\n"
-            "from annealvi_lib import realnvp as rn\n"
+            "from annealvi_lib.models import realnvp_training as rtrain\n"
             "from annealvi_lib.config import RealNVPGridConfig\n"
             f"TINY = RealNVPGridConfig(**{dataclasses.asdict(TINY)!r})\n"
             "assert len(jax.local_devices()) == 4\n"
-            "r = rn.run_realnvp_cell(TINY, TINY.beta_is[0], 5.0, np.arange(5), 0)\n"
+            "r = rtrain.run_realnvp_cell(TINY, TINY.beta_is[0], 5.0, np.arange(5), 0)\n"
             "print(json.dumps([float(x) for x in r['proj_std']]))\n")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
@@ -194,7 +195,7 @@ def test_blocks_spread_over_devices_give_the_same_runs():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     multi = json.loads(out.stdout.strip().splitlines()[-1])
-    one = rn.run_realnvp_cell(TINY, TINY.beta_is[0], 5.0, np.arange(5), 0)
+    one = rtrain.run_realnvp_cell(TINY, TINY.beta_is[0], 5.0, np.arange(5), 0)
     assert np.array_equal(np.asarray(multi), np.asarray(one["proj_std"]))
 
 
@@ -238,7 +239,7 @@ def test_regenerating_archived_replicates_gives_the_same_rows():
     replicates of a cell: the archived rows, bit for bit (same keys, same compiled program)."""
     tables, prov = _grid_archive()
     b, t0 = min(BOOK.beta_is), min(BOOK.t0s)
-    again = rn.run_realnvp_cell(BOOK, b, t0, np.arange(2), BOOK.seed)
+    again = rtrain.run_realnvp_cell(BOOK, b, t0, np.arange(2), BOOK.seed)
     arch = sorted((r for r in tables["realnvp_runs.csv"]
                    if float(r["beta_i"]) == b and float(r["t0"]) == t0
                    and int(r["replicate"]) < 2), key=lambda r: int(r["replicate"]))

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ..models import realnvp as rn
+from ..models import realnvp_training as rtrain
 from ..config import GMMGridConfig, Problem, RealNVPGridConfig
 from ..archive import json_roundtrip
 from .grid import run_grid
@@ -73,10 +74,10 @@ def demo_runs(cfg: RealNVPGridConfig) -> dict:
     """
     s = demo_setting(cfg)
     spec = rn.spec_from_config(cfg)
-    tgt = rn.grid_target(cfg, cfg.seed)
+    tgt = rtrain.grid_target(cfg, cfg.seed)
     key = jax.random.key(cfg.seed + 1)
     scheds = {"annealed": Schedule("exp", s.beta_i, s.t0), "no annealing": Schedule("constant")}
-    return {name: rn.train(key, spec, scheds[name], s.n_iter, target=tgt, batch=cfg.batch,
+    return {name: rtrain.train(key, spec, scheds[name], s.n_iter, target=tgt, batch=cfg.batch,
                            lr=cfg.lr, record_every=s.record_every, n_eval=cfg.n_eval)
             for name in DEMO_ARMS}
 

@@ -38,12 +38,10 @@ spreads or KLs far beyond the target's (:func:`annealvi_lib.metrics.run_summary`
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -54,7 +52,7 @@ import numpy as np
 
 from .. import __version__
 from .._rng import fast_threefry
-from ..cache import file_mode, load_npz, probe_writable, save_npz_atomic, source_hash
+from ..cache import load_npz, probe_writable, save_npz_atomic, source_hash
 from .._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
                         check_shard, check_t0)
 from ..config import GMMGridConfig, RealNVPGridConfig
@@ -79,9 +77,6 @@ __all__ = [
     "run_gmm_group",
     "run_grid",
     "summarise_cell",
-    "write_grid_csv",
-    "read_grid_csv",
-    "merge_grid_csvs",
 ]
 
 STUDIES = ("gmm", "realnvp")
@@ -168,8 +163,8 @@ def config_hash(study: str, cfg, **extra) -> str:
 _SOURCES = {"gmm": ("models/student.py", "models/reduced.py", "models/reduced_grads.py",
                     "models/reduced_noise.py", "models/targets.py", "models/schedules.py",
                     "seeding.py"),
-            "realnvp": ("models/realnvp.py", "metrics.py", "models/targets.py", "models/schedules.py",
-                        "seeding.py")}
+            "realnvp": ("models/realnvp.py", "models/realnvp_training.py", "metrics.py",
+                        "models/targets.py", "models/schedules.py", "seeding.py")}
 
 
 def grid_id(study: str, cfg, master_seed: int, **extra) -> str:
@@ -376,7 +371,7 @@ def run_grid(study: str, cfg: GMMGridConfig | RealNVPGridConfig, *, sampler: str
         fields = GMM_RUN_FIELDS
         extra = {"sampler": sampler}
     else:
-        from ..models.realnvp import REALNVP_RUN_FIELDS as fields  # noqa: N811
+        from ..models.realnvp_training import REALNVP_RUN_FIELDS as fields  # noqa: N811
         for _, t0 in cells:
             if not float(t0).is_integer():
                 raise ValueError(f"t0 must be a whole number of steps for realnvp, got {t0!r}")
@@ -433,7 +428,7 @@ def _compute(study, cfg, sampler, cells, master_seed, progress_update=None):
             yield from run_gmm_group(cfg, group, master_seed, sampler,
                                      on_block=progress_update).items()
     else:
-        from ..models.realnvp import run_realnvp_cell
+        from ..models.realnvp_training import run_realnvp_cell
 
         for cell in cells:
             data = run_realnvp_cell(cfg, cell[0], cell[1], np.arange(cfg.n_seeds), master_seed)
@@ -552,114 +547,3 @@ def _progress_bar(study, cfg, todo, progress):
     disable = None if progress is None else not progress   # None: tqdm decides (non-tty: quiet)
     return tqdm(total=total, desc=f"{study} grid ({len(todo)} cells)", unit="seed-step",
                 unit_scale=True, disable=disable, mininterval=2.0)
-
-
-# --------------------------------------------------------------------------------------------
-# CSV
-# --------------------------------------------------------------------------------------------
-
-def write_grid_csv(result: GridResult, out_dir: str | os.PathLike, study: str) -> tuple[Path, Path]:
-    """Write ``<study>_grid.csv`` and ``<study>_runs.csv`` into ``out_dir``; returns both paths.
-
-    Raises ``OSError`` when ``out_dir`` cannot be created or written (the CLI reports it)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    grid_path = out / f"{study}_grid.csv"
-    runs_path = out / f"{study}_runs.csv"
-    # canonical order (by beta_i, t0, replicate), the order merge_grid_csvs writes: a grid, its
-    # shards merged, and the same cells given in another order give the same bytes
-    order = lambda r: (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate", -1)))
-    _write_rows(grid_path, GRID_COLUMNS + ID_COLUMNS, sorted(result.summary, key=order))
-    if result.runs:
-        run_cols = tuple(result.runs[0].keys())
-    else:                     # an empty shard still writes both files (no stale runs CSV)
-        from ..models.realnvp import REALNVP_RUN_FIELDS
-
-        fields = GMM_RUN_FIELDS if study == "gmm" else REALNVP_RUN_FIELDS
-        run_cols = ("beta_i", "t0", "replicate", *fields, *ID_COLUMNS)
-    _write_rows(runs_path, run_cols, sorted(result.runs, key=order))
-    return grid_path, runs_path
-
-
-def _write_rows(path: Path, columns, rows) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.csv")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns))
-            w.writeheader()
-            for row in rows:
-                w.writerow({k: (repr(float(v)) if isinstance(v, float) else v)
-                            for k, v in row.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def read_grid_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``*_grid.csv`` into a dict of column arrays (numbers as floats; the identity
-    columns, when present, as strings)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or tuple(rows[0].keys())[:len(GRID_COLUMNS)] != GRID_COLUMNS:
-        raise ValueError(f"{path} is not a grid CSV with columns {','.join(GRID_COLUMNS)}")
-    out = {c: np.array([float(r[c]) for r in rows]) for c in GRID_COLUMNS}
-    for c in ID_COLUMNS:
-        if c in rows[0]:
-            out[c] = np.array([r[c] for r in rows])
-    return out
-
-
-def merge_grid_csvs(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> Path:
-    """Merge shard CSVs (``*_grid.csv`` or ``*_runs.csv``) into one, sorted by cell.
-
-    Every input must have the same columns, including the identity columns ``study`` and
-    ``grid_id`` with one common value (files of different studies or configurations are
-    refused). Identical duplicate rows are kept once; conflicting rows for the same cell raise.
-    """
-    rows, header, ident = {}, None, None
-    if not paths:
-        raise ValueError("no CSV files to merge")
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise ValueError(f"inputs: {p} is not a file")
-        try:
-            with open(p, newline="") as fh:
-                text = fh.read()
-        except UnicodeDecodeError:
-            raise ValueError(f"inputs: {p} is not a text CSV file") from None
-        reader = csv.DictReader(text.splitlines())
-        fields = reader.fieldnames or []
-        if not (set(("beta_i", "t0") + ID_COLUMNS) <= set(fields)):
-            raise ValueError(f"inputs: {p} is not a grid or runs CSV written by annealvi "
-                             f"(needs columns beta_i, t0, {', '.join(ID_COLUMNS)})")
-        if header is None:
-            header = fields
-        elif fields != header:
-            raise ValueError(f"inputs: {p} has columns {','.join(fields)}, expected "
-                             f"{','.join(header)}")
-        for r in reader:
-            if None in r or None in r.values():
-                raise ValueError(f"inputs: {p} line {reader.line_num} has "
-                                 f"{'more' if None in r else 'fewer'} fields than its header")
-            this = tuple(r[c] for c in ID_COLUMNS)
-            if ident is None:
-                ident = this
-            elif this != ident:
-                raise ValueError(f"inputs: {p} is from another experiment (study, grid_id) "
-                                 f"= {this}, expected {ident}")
-            try:
-                key = (float(r["beta_i"]), float(r["t0"]), int(r.get("replicate") or -1))
-            except ValueError:
-                raise ValueError(f"inputs: {p} has a malformed row {r}") from None
-            if key in rows and rows[key] != r:
-                raise ValueError(f"inputs: conflicting rows for cell {key} in {p}")
-            rows[key] = r
-    out = Path(out_path)
-    if out.is_dir():
-        raise ValueError(f"--out: {out} is a directory; give a file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_rows(out, header, [rows[k] for k in sorted(rows)])
-    return out
