@@ -30,7 +30,7 @@ Quadrature. ``E sigma(c + b xi)`` (xi ~ N(0,1)) is computed by a hybrid rule:
   phi((y-c)/b)/b dy``; the correction integrand decays like ``e^{-|y|}`` on each side of the kink
   at 0, so each half-line is a 24-node Gauss-Laguerre rule on the smooth remaining factor.
 
-Measured accuracy against mpmath (tests/test_theory.py) for ``u`` in [0.3, 1e3], ``m, s`` in
+Measured accuracy against mpmath (tests/test_ode.py) for ``u`` in [0.3, 1e3], ``m, s`` in
 [-1, 1], R = 3: absolute error below ``2e-6`` (float32 round-off level), where plain Gauss-Hermite
 misses by up to ~1e-2 at large u.
 
