@@ -1,0 +1,3 @@
+"""The experiments: the cached, parallel grid runner (:mod:`.grid`, CSV files in :mod:`.grid_csv`)
+and the computations of each chapter, in modules named ``chN_<topic>`` after it (the package
+docstring of :mod:`annealvi_lib` maps chapters to modules)."""

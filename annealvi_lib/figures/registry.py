@@ -38,8 +38,8 @@ class FigureSpec:
     fn: Callable[[Preset], object]
 
 
-# Populated at import time by the @register decorators below (and by chapter modules that
-# register their own figures); read-only afterwards.
+# Populated when the chapter modules (_CHAPTER_MODULES) are imported, by their @register
+# decorators; read-only afterwards.
 _REGISTRY: dict[str, FigureSpec] = {}
 
 
