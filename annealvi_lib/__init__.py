@@ -1,8 +1,8 @@
 """annealvi_lib: executable companion to "Annealing in variational inference mitigates mode
 collapse: A theoretical study on Gaussian mixtures" (Fogliani, Loureiro, Gabrie, 2026).
 
-The package is layered; a module imports only from its own layer or the ones above it in this
-list (checked by ``tests/test_layout.py``):
+The package is layered; a module imports only from its own layer or from layers listed before it
+here (checked by ``tests/test_layout.py``):
 
 1. plumbing, at the top level: ``config`` (presets), ``paths``, ``cache``, ``archive``
    (committed results under ``data/``), ``seeding`` (run keys), ``_rng``, ``_validate``

@@ -15,6 +15,7 @@ __all__ = [
     "MAX_SEEDS",
     "check_finite",
     "check_open_unit",
+    "check_float_range",
     "check_beta",
     "check_positive",
     "check_int_at_least",
@@ -66,13 +67,18 @@ def check_beta(name: str, value: Any) -> float:
     return x
 
 
+def _number(x: float) -> str:
+    """``x`` as written in an error message: an integer without exponent (1000000), else ``g``."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def check_float_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
                       hi_open: bool = False, unit: str = "") -> float:
     """Check a finite ``lo <= value <= hi`` (``lo_open``/``hi_open``: strict), naming the allowed
     interval (and ``unit``, e.g. ``" steps"``) in the error."""
     x = _as_float(name, value)
     if not ((x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)):
-        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        interval = f"{'(' if lo_open else '['}{_number(lo)}, {_number(hi)}{')' if hi_open else ']'}"
         raise ValueError(f"{name} must lie in {interval}{unit}, got {value!r}")
     return x
 

@@ -150,7 +150,7 @@ def grid_beta(log10_value: float, scale: float) -> float:
     return float(f"{10.0**log10_value / scale:.12g}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _AnnealedRun:
     """Fields shared by chapters 1 and 2, which anneal one problem with the exponential schedule
     from ``beta_i = 1 / (beta_i_factor R^2)`` to 1 at ``t0``."""
@@ -172,7 +172,7 @@ class _AnnealedRun:
         return 1.0 / (self.beta_i_factor * self.problem.R**2)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DemoConfig(_AnnealedRun):
     """Chapter 1's opening experiment (vanilla, covering init, annealed)."""
 
@@ -190,7 +190,7 @@ class DemoConfig(_AnnealedRun):
                    covering_var_factor=check_positive, seed=_SEED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OdeCheckConfig(_AnnealedRun):
     """Chapter 2: ODE against simulation, and the error scaling with d and B."""
 

@@ -1,11 +1,14 @@
-"""One small cell of every grid and experiment of the book, computed at fixed seeds.
+"""One small cell of every grid and experiment of the book, computed at fixed seeds, and every
+preset's configuration.
 
-The values in ``tests/data/golden_cells.json`` were written by this file at the commit recorded
-in its provenance, *before* the library was reorganised into subpackages (issue 15); the test
-``tests/test_layout.py::test_golden_cells`` recomputes them with the current code. Only the
-import lines of this file may change when modules move; the computations must not.
+The values in ``tests/data/golden_cells.json`` and ``tests/data/golden_presets.json`` were written
+by this file at the commit recorded in their provenance (b0412be, *before* the library was
+reorganised into subpackages, issue 15); ``tests/test_layout.py`` recomputes them with the
+current code. Only the import lines of this file may change when modules move; the
+computations must not.
 
-Regenerate (only when a change of numbers is intended, and say so in the commit)::
+Regenerate both (only when a change of numbers or presets is intended, and say so in the
+commit)::
 
     .venv/bin/python tests/golden_cells.py --write
 """
@@ -25,14 +28,23 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "data" / "golden_cells.json"
+GOLDEN_PRESETS = HERE / "data" / "golden_presets.json"
+
+
+def presets() -> dict:
+    """Every preset as plain JSON data (``dataclasses.asdict``, keys sorted)."""
+    from annealvi_lib.config import PRESET_NAMES, get_preset
+
+    return json.loads(json.dumps({n: dataclasses.asdict(get_preset(n)) for n in PRESET_NAMES},
+                                 sort_keys=True, default=str))
 
 
 def compute() -> dict[str, dict[str, list]]:
     """name -> {field: list of numbers} for one cell of each grid (quick sizes, few seeds)."""
     from annealvi_lib.config import get_preset
     from annealvi_lib.experiments.grid import run_grid
-    from annealvi_lib.experiments import ch2_summary_statistics as ode_study
-    from annealvi_lib.experiments import ch1_mode_collapse as opening
+    from annealvi_lib.experiments import ch1_mode_collapse as ch1
+    from annealvi_lib.experiments import ch2_summary_statistics as ch2
 
     P = get_preset("quick")
     G, N, D, O = P.gmm_grid, P.realnvp_grid, P.demo, P.ode_check
@@ -61,13 +73,13 @@ def compute() -> dict[str, dict[str, list]]:
         out["ch4_realnvp"] = runs(res, [k for k in res.runs[0] if k not in ("beta_i", "t0")
                                         and isinstance(res.runs[0][k], (int, float, np.number))])
     # chapter 2: one simulated run against the three ODEs
-    val = ode_study._validation(O)
+    val = ch2._validation(O)
     out["ch2_validation"] = {"sim": val.sim[:, ::20].ravel().tolist(),
                              "ode3": val.ode3[:, ::20].ravel().tolist(),
                              "ode5n": val.ode5n[:, ::20].ravel().tolist(),
                              "errors": val.errors.tolist()}
     # chapter 1: the three arms of the opening experiment, two seeds each
-    arms = opening.run_opening_experiment(D, n_seeds=2)
+    arms = ch1.run_opening_experiment(D, n_seeds=2)
     out["ch1_opening"] = {name: np.asarray(run.traj.s)[:, ::20].ravel().tolist()
                           for name, run in arms.items()}
     return out
@@ -104,7 +116,9 @@ def main() -> int:
             "runtime_s": round(time.time() - t, 1)}
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps({"provenance": prov, "values": values}, indent=1) + "\n")
-    print(f"wrote {GOLDEN} in {prov['runtime_s']} s")
+    GOLDEN_PRESETS.write_text(json.dumps({"provenance": prov, "presets": presets()}, indent=1,
+                                         sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN} and {GOLDEN_PRESETS} in {prov['runtime_s']} s")
     return 0
 
 

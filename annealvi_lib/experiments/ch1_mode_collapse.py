@@ -93,7 +93,7 @@ def _source_digest() -> str:
     """Hash of the modules the opening experiment depends on (so a code change, not only a
     version bump, invalidates the cache)."""
     return source_hash("experiments/ch1_mode_collapse.py", "models/student.py", "models/targets.py",
-                       "models/schedules.py", "config.py")
+                       "models/schedules.py", "config.py", "_rng.py")
 
 
 def opening_cache_path(cfg: DemoConfig, n_seeds: int, cache: str | os.PathLike | None = None) -> Path:
@@ -193,7 +193,7 @@ def representative_seeds(runs: dict[str, OpeningRun]) -> dict[str, int]:
 
 def outcome_counts(run: OpeningRun, step: int = -1) -> dict[str, int]:
     """Outcome of every run of one arm at ``step`` (default: the end): ``collapsed`` (s >= 0.9),
-    ``covered`` (s <= -0.9), ``undecided`` (|s| < 0.9, see :data:`SETTLED_S`), ``failed`` (not
+    ``covered`` (s <= -0.9), ``undecided`` (|s| < 0.9, see :data:`annealvi_lib.metrics.SETTLED_S`), ``failed`` (not
     finite), and ``sign_collapsed`` (s > 0, the classification used everywhere else; it counts
     undecided runs by the sign they happen to have)."""
     s = np.asarray(run.traj.s[:, step], dtype=float)

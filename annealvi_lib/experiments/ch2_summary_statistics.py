@@ -1,6 +1,6 @@
 """Chapter 2's computations: the numerical checks of the derivation, the simulation-vs-ODE
 validation run, the error scans in d and B (with the fitted error law), the variance-lag
-comparison -- and the chapter's registered figures.
+comparison (the figures are in :mod:`annealvi_lib.figures.ch2`).
 
 Every experiment takes the preset's :class:`~annealvi_lib.config.OdeCheckConfig`. The three
 expensive ones (:func:`validation_run`, :func:`error_scan`, :func:`variance_lag`) are cached on
@@ -76,8 +76,8 @@ def gradient_check(R: float, w_star: float, d: int = 16, beta: float = 0.25, var
     """Largest |Monte-Carlo mean gradient - closed form| / standard error over the 2 x d
     coordinates of the means.
 
-    The closed form is :func:`theory.expected_mean_grad` (exact at any d for equal variances);
-    the Monte-Carlo estimate is ``jax.grad`` of :func:`student.mc_loss` on ``n_batches``
+    The closed form is :func:`annealvi_lib.theory.ode.expected_mean_grad` (exact at any d for equal variances);
+    the Monte-Carlo estimate is ``jax.grad`` of :func:`annealvi_lib.models.student.mc_loss` on ``n_batches``
     independent batches of ``n_samples`` samples per component, the standard error their spread.
 
     Args:
@@ -214,7 +214,8 @@ def cache_path(kind: str, C: OdeCheckConfig, cache: str | os.PathLike | None = N
     """Cache file ``<cache>/ode_check/<kind>-<hash>.npz`` of one experiment.
 
     The hash covers the full :class:`OdeCheckConfig`, the library version and the source of
-    :mod:`theory`, :mod:`student` (and the modules they use) and of the experiment function.
+    :mod:`annealvi_lib.theory.ode`, :mod:`annealvi_lib.models.student` (and the modules they use)
+    and of the experiment function.
 
     Args:
       kind: ``"validation"``, ``"scan"`` or ``"lag"``.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import NamedTuple
 
@@ -27,22 +26,16 @@ from ..config import GMMGridConfig, grid_beta
 from .grid import run_grid
 from ..models.schedules import Schedule
 
-__all__ = ["TheoryGrid", "default_workers", "mc_grid", "theory_grid", "theory_rows",
+__all__ = ["TheoryGrid", "mc_grid", "theory_grid", "theory_rows",
            "closed_family", "fit_alpha_bootstrap", "mechanism_trajectories", "stability_scan",
            "cell_config", "validation_rows", "vanilla_rows", "branch_scan", "slice_theories",
            "hot_start_curve", "HOT_FRACTION", "RateAgreement", "rate_agreement",
            "benchmark_summary", "sampler_versions"]
 
 
-def default_workers(preset_name: str) -> int:
-    """Worker processes for grid runs: one per core (max 2) except at the quick preset, where
-    spawning costs more than it saves."""
-    return 1 if preset_name == "quick" else min(2, os.cpu_count() or 1)
-
-
 def mc_grid(G: GMMGridConfig, workers: int = 1, progress: bool | None = None):
     """Run (or load) the Monte-Carlo grid; returns ``(summary_arrays, seconds)``. The arrays
-    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S`` (:mod:`annealvi_lib.figures.ch3`),
+    also hold ``n_undecided`` (n_beta, n_t0): finished runs whose final ``|s| < SETTLED_S`` (:mod:`annealvi_lib.metrics`),
     classified by the sign of ``s`` although they have not settled when the run stops."""
     t = time.perf_counter()
     res = run_grid("gmm", G, workers=workers, progress=progress)
@@ -275,7 +268,7 @@ def vanilla_rows(G: GMMGridConfig, workers: int = 1, key_seed: int = 3) -> list[
 
 
 # --------------------------------------------------------------------------------------------
-# registered figures (python -m annealvi_lib figures ch3_*)
+# what the figures draw: branch scan, theory slices, hot-start curve and the rate agreement
 # --------------------------------------------------------------------------------------------
 
 def branch_scan(G: GMMGridConfig, n: int = 60):
@@ -309,7 +302,7 @@ HOT_FRACTION = 0.1
 
 class RateAgreement(NamedTuple):
     """How the measured cells sit against the hot-start master curve (binomial z-scores, see
-    :func:`annealvi_lib.figures.ch3.z_scores`).
+    :func:`annealvi_lib.metrics.z_scores`).
 
     ``n_hot``/``hot_within``: cells with beta_i <= HOT_FRACTION beta_c and those within 2 SE of
     the curve; ``hot_worst``: (log10 beta_i R^2, t0, measured, curve, z) of the hot cell farthest

@@ -176,7 +176,7 @@ def batch_scan_theory(G: GMMGridConfig, rows: list[dict], seed: int = 1) -> list
 def batch_scan_z(rows: list[dict], sampling: str):
     """``(z of the finite-batch theory at every point, z of the ODE-propagated probability at
     the points of the main protocol)``: |Monte Carlo - theory| over the combined standard error
-    (:func:`annealvi_lib.figures.ch3.z_scores`; the finite-batch theory's own sampling error
+    (:func:`annealvi_lib.metrics.z_scores`; the finite-batch theory's own sampling error
     included)."""
     def counts(rs):
         return (np.array([r["n_collapsed"] for r in rs], float),

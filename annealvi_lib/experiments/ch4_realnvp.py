@@ -70,7 +70,7 @@ def demo_runs(cfg: RealNVPGridConfig) -> dict:
     (``cfg.seed + 1``) on the grid's target.
 
     Returns ``{arm: (params, Trajectory, FinalStats)}`` for the arms :data:`DEMO_ARMS`, without
-    a seed axis (:func:`annealvi_lib.models.realnvp.train`).
+    a seed axis (:func:`annealvi_lib.models.realnvp_training.train`).
     """
     s = demo_setting(cfg)
     spec = rn.spec_from_config(cfg)
@@ -261,7 +261,7 @@ def compare_verdict(rows: list[dict], arm: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# registered figures (python -m annealvi_lib figures ch4_*)
+# benchmark and archives
 # --------------------------------------------------------------------------------------------
 
 def benchmark_rows() -> tuple[list[dict], str] | None:

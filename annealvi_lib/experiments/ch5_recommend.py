@@ -22,20 +22,13 @@ __all__ = ["SAFETY_Z", "UNDECIDED_MAX", "Recommendation", "recommend", "verify",
 
 #: annealing times tried by the recommender: a geometric ladder (ratio 2) from this value
 _LADDER_START = 25.0
-
-
 #: the recommender asks the finite-batch theory for p_hat + SAFETY_Z se <= p, with at most
-#: UNDECIDED_MAX of its runs still unsettled (|s| < 0.9) when the run stops
+#: UNDECIDED_MAX of its runs still unsettled (|s| < 0.9) when the run stops (the same 10 % as
+#: the grid's :data:`annealvi_lib.metrics.UNDECIDED_MAX`, applied here to the theory's runs)
 SAFETY_Z = 2.0
-
-
 UNDECIDED_MAX = 0.1
-
-
 #: simulated runs per cell while searching, and for the final prediction
 _SEARCH_SAMPLES = 1024
-
-
 _FINAL_SAMPLES = 4096
 
 

@@ -179,7 +179,7 @@ def mc_points(problem: Problem, schedule: str, cells, *, n_seeds: int, n_iter_ex
     """Monte Carlo (reduced sampler) of the cells ``[(beta_i, t0), ...]`` under one schedule
     family: one summary row per cell (``n_runs``, ``n_collapsed``, ``n_failed``, ``p_collapse``,
     ``ci_low``, ``ci_high`` and ``n_undecided``: finished runs whose final ``|s| <``
-    :data:`~annealvi_lib.figures.ch3.SETTLED_S`, not yet settled), in the order of ``cells``."""
+    :data:`~annealvi_lib.metrics.SETTLED_S`, not yet settled), in the order of ``cells``."""
     from ..metrics import SETTLED_S
 
     cfg = GMMGridConfig(problem=problem, log10_beta_r2=(0.0,), t0s=(100.0,), n_seeds=n_seeds,

@@ -1,4 +1,5 @@
-"""Monte-Carlo collapse grids over (beta_i, t0): run, cache, shard, merge, write CSV.
+"""Monte-Carlo collapse grids over (beta_i, t0): run, cache and shard (the CSV files, written
+and merged by :mod:`annealvi_lib.experiments.grid_csv`).
 
 A *grid* is the product of initial inverse temperatures ``beta_i`` and annealing times ``t0``
 (the exponential schedule unless ``cfg.schedule`` names another family; ``n_iter = t0 +
@@ -18,16 +19,17 @@ Caching: every cell is stored as ``<cache>/<study>/<config-hash>/cell_<id>.npz``
 atomically (temporary file + rename), together with its identity (study, configuration id,
 beta_i, t0, seeds); a file whose identity differs (e.g. copied over another cell's name) is
 treated as corrupt and recomputed. The hash covers the study, the full configuration, the
-sampler and the library version, so a changed setting never reuses stale results; a cell file
+sampler, the library version and the location-free source of the code the runs execute
+(:data:`_SOURCES`, :data:`_RUNNER_CODE`), so a changed setting or code never reuses stale results; a cell file
 that cannot be read or has the wrong content is recomputed. An interrupted run resumes from the
 cells already on disk. ``shard=(k, n)`` runs the cells ``i`` with ``i % n == k``; shards share
-the cache, and their CSVs merge (:func:`merge_grid_csvs`) to the unsharded result.
+the cache, and their CSVs merge (:func:`~annealvi_lib.experiments.grid_csv.merge_grid_csvs`) to the unsharded result.
 
-Outputs (:func:`write_grid_csv`): ``<study>_grid.csv`` with columns
+Outputs (:func:`~annealvi_lib.experiments.grid_csv.write_grid_csv`): ``<study>_grid.csv`` with columns
 ``beta_i,t0,n_runs,n_collapsed,n_failed,p_collapse,ci_low,ci_high,study,grid_id`` (Wilson 95% on
 the runs that did not fail; ``p_collapse = n_collapsed / (n_runs - n_failed)``) and
 ``<study>_runs.csv`` with the final statistics of every run. ``grid_id`` identifies the
-configuration (hash, master seed, seeds per cell): :func:`merge_grid_csvs` refuses to combine
+configuration (hash, master seed, seeds per cell): ``merge_grid_csvs`` refuses to combine
 files of different studies or configurations.
 
 Diverged runs: a run whose final statistics are non-finite or leave any physically possible
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 from functools import partial
@@ -52,7 +55,7 @@ import numpy as np
 
 from .. import __version__
 from .._rng import fast_threefry
-from ..cache import load_npz, probe_writable, save_npz_atomic, source_hash
+from ..cache import load_npz, location_free, probe_writable, save_npz_atomic, source_hash
 from .._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
                         check_shard, check_t0)
 from ..config import GMMGridConfig, RealNVPGridConfig
@@ -76,6 +79,7 @@ __all__ = [
     "config_hash",
     "run_gmm_group",
     "run_grid",
+    "default_workers",
     "summarise_cell",
 ]
 
@@ -160,11 +164,15 @@ def config_hash(study: str, cfg, **extra) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+#: the modules whose code produces a study's numbers (configuration and validation modules enter
+#: through the configuration's hash); checked against the import graph by tests/test_layout.py
 _SOURCES = {"gmm": ("models/student.py", "models/reduced.py", "models/reduced_grads.py",
                     "models/reduced_noise.py", "models/targets.py", "models/schedules.py",
-                    "seeding.py"),
+                    "seeding.py", "_rng.py"),
             "realnvp": ("models/realnvp.py", "models/realnvp_training.py", "metrics.py",
-                        "models/targets.py", "models/schedules.py", "seeding.py")}
+                        "models/targets.py", "models/schedules.py", "seeding.py", "_rng.py")}
+#: this module's functions that build and run a study's cells (their source is hashed too)
+_RUNNER_CODE = {"gmm": ("_gmm_runs", "run_gmm_group"), "realnvp": ("_compute",)}
 
 
 def grid_id(study: str, cfg, master_seed: int, **extra) -> str:
@@ -174,9 +182,11 @@ def grid_id(study: str, cfg, master_seed: int, **extra) -> str:
 
 
 def _source_hash(study: str) -> str:
-    """Hash of the library modules a study's runs depend on, so that a code change (even
-    without a version bump) never reuses stale cached results."""
-    return source_hash(*_SOURCES[study])
+    """Hash of the library modules a study's runs depend on and of the runner's own functions
+    that build its cells (location-free, see :func:`annealvi_lib.cache.location_free`), so that
+    a code change (even without a version bump) never reuses stale cached results."""
+    runner = "".join(location_free(inspect.getsource(globals()[f])) for f in _RUNNER_CODE[study])
+    return hashlib.sha256((source_hash(*_SOURCES[study]) + runner).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,3 +557,9 @@ def _progress_bar(study, cfg, todo, progress):
     disable = None if progress is None else not progress   # None: tqdm decides (non-tty: quiet)
     return tqdm(total=total, desc=f"{study} grid ({len(todo)} cells)", unit="seed-step",
                 unit_scale=True, disable=disable, mininterval=2.0)
+
+
+def default_workers(preset_name: str) -> int:
+    """Worker processes for grid runs: one per core (max 2) except at the quick preset, where
+    spawning costs more than it saves."""
+    return 1 if preset_name == "quick" else min(2, os.cpu_count() or 1)

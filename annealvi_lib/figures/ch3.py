@@ -15,10 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..config import Preset
-from ..experiments.ch3_collapse_probability import (HOT_FRACTION, branch_scan, default_workers,
+from ..experiments.ch3_collapse_probability import (HOT_FRACTION, branch_scan,
                                                     hot_start_curve, mc_grid,
                                                     mechanism_trajectories, slice_theories,
                                                     stability_scan, theory_grid)
+from ..experiments.grid import default_workers
 from ..experiments.ch3_finite_batch import batch_scan_theory, load_batch_scan, sensitivity_rows
 from ..metrics import UNDECIDED_MAX, undecided_fraction
 from ..theory import collapse as C

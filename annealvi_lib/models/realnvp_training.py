@@ -5,7 +5,10 @@ and one cell of chapter 4's grid.
 :class:`~annealvi_lib.models.schedules.Schedule`, as one jit-compiled ``lax.scan`` over steps,
 ``vmap``-ped over seeds; initialisation and training are a pure function of the key.
 :func:`run_realnvp_cell` trains the replicates of one grid cell in blocks of a width fixed by the
-configuration and summarises each run (:func:`annealvi_lib.metrics.run_summary`).
+configuration and summarises each run (:func:`annealvi_lib.metrics.run_summary`). It lives here,
+next to the training it drives, rather than in :mod:`annealvi_lib.experiments.grid`, so that its
+code is part of the RealNVP grid's cache key (``grid._SOURCES``) and the grid runner stays
+model-agnostic.
 """
 
 from __future__ import annotations

@@ -2,6 +2,12 @@
 statistics ``(m1, m2, s, var1, var2)`` as the exact sampler of :mod:`annealvi_lib.models.student`,
 without d-dimensional vectors.
 
+This module holds the state, the update and the runners; the loss and gradients are in
+:mod:`annealvi_lib.models.reduced_grads` (:func:`reduced_loss`, :func:`reduced_grads`,
+:func:`reduced_grads_fast`, :func:`reduced_grads_labels`, :func:`noise_sums`,
+:func:`grads_from_sums`) and the step's noise in :mod:`annealvi_lib.models.reduced_noise`
+(:func:`draw_step_noise`, :func:`normal_pairs`).
+
 Why it is possible
 ------------------
 The stratified loss ``L_hat = sum_k w_k mean_b [beta U(x_kb) + log q(x_kb)]`` with

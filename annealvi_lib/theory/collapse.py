@@ -28,7 +28,7 @@ What the derivation actually supports (chapter 3, each step checked numerically)
 * the rate is evaluated on the equilibrated variance; the simulation's variance lags behind
   ``1/beta`` (:func:`lagged_annealing_exponent`, ``variance_lag=True``);
 * the gradient noise, of per-step size ~ ``(lr/beta) sqrt(d/(B beta))``, dominates the hot phase;
-  :func:`stochastic_collapse_probability` adds it (in-span diffusion and perpendicular
+  :func:`annealvi_lib.theory.propagated.stochastic_collapse_probability` adds it (in-span diffusion and perpendicular
   shrinkage, one Gaussian model with the Monte-Carlo moments).
 
 Critical temperature (derived here, :func:`critical_beta`). Write the two means in the plane of
@@ -150,7 +150,7 @@ def stability_exponents(beta, *, R: float, w_star: float, w1: float = 0.5):
       ``(a1, a2, F, lam_rel)`` arrays: the single-mean instability rates ``a_k = -w_k g'(0)``, the
       entropy coupling ``F = f(-1)``, and the smallest eigenvalue of the in-plane Jacobian
       ``J = [[a1 - F, F], [F, a2 - F]]`` (negative: antipodal state stable; its sign change is
-      beta_c). Uses :func:`annealvi_lib.theory.ode.f` and the quadratures of :mod:`theory`.
+      beta_c). Uses :func:`annealvi_lib.theory.ode.f` and the quadratures of :mod:`annealvi_lib.theory.ode`.
     """
     R = check_positive("R", R)
     w_star = check_open_unit("w_star", w_star)

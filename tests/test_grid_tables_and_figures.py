@@ -1,3 +1,5 @@
+"""Cell statistics of a grid (metrics), the pages' tables (figures.tables) and chapter 3's plots."""
+
 import matplotlib
 
 matplotlib.use("Agg")
