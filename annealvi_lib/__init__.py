@@ -16,8 +16,9 @@ here (checked by ``tests/test_layout.py``):
 3. ``theory``: f, g and the ODE of the summary statistics (``theory.ode``), the collapse
    probabilities (closed form in ``theory.collapse``, ODE-propagated and finite-batch in
    ``theory.propagated``) and chapter 3's closed-form schedule advice (``theory.guidance``);
-4. ``experiments``: the cached, parallel grid runner (``experiments.grid``, its CSV files in
-   ``experiments.grid_csv``) and the computations of each chapter, in modules named after it;
+4. ``experiments``: the cached, parallel grid runner (``experiments.grid``, its cell cache in
+   ``experiments.grid_cache``, its CSV files in ``experiments.grid_csv``) and the computations
+   of each chapter, in modules named after it;
 5. ``figures``: the house style (``figures.style``), the figure registry
    (``figures.registry``), the pages' tables (``figures.tables``) and one module of plots and
    registered figures per chapter;

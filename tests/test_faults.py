@@ -16,6 +16,7 @@ import pytest
 
 from annealvi_lib import cli
 from annealvi_lib.experiments import grid as G
+from annealvi_lib.experiments import grid_cache as GC
 from annealvi_lib.config import (DemoConfig, GMMGridConfig, OdeCheckConfig, Problem,
                                  RealNVPGridConfig, get_preset)
 from annealvi_lib.experiments.grid import GridResult, run_grid, summarise_cell
@@ -145,7 +146,7 @@ def test_read_only_cache_with_every_cell_cached_still_writes_csvs(tmp_path, monk
         raise PermissionError(13, "Permission denied", str(cache))
 
     # nothing may be written into the cache now (a read-only cache)
-    monkeypatch.setattr(G, "save_npz_atomic", refuse)
+    monkeypatch.setattr(GC, "save_npz_atomic", refuse)
     monkeypatch.setattr(G, "_check_writable", refuse)
     again = run_grid("gmm", TINY, cache=cache, progress=False)
     assert again == first

@@ -47,7 +47,7 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,9 @@ import numpy as np
 
 from .. import __version__
 from .._rng import fast_threefry
-from ..cache import load_npz, location_free, probe_writable, save_npz_atomic, source_hash
+from ..cache import location_free, source_hash
+from .grid_cache import (CacheError, _cell_identity, _cell_path, _check_writable, _load_cell,
+                         _save_cell)
 from .._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
                         check_shard, check_t0)
 from ..config import GMMGridConfig, RealNVPGridConfig
@@ -70,7 +72,6 @@ __all__ = [
     "STUDIES",
     "GRID_COLUMNS",
     "GridResult",
-    "CacheError",
     "parse_shard",
     "lanes",
     "grid_id",
@@ -93,10 +94,6 @@ MAX_LANES = {"fast": _REDUCED_LANES, "exact": 1}   # the exact sampler is memory
 
 
 GMM_RUN_FIELDS = ("collapsed", "failed", "m1", "m2", "s", "var1", "var2", "var_min", "var_max")
-
-
-class CacheError(OSError):
-    """The results cache cannot be written (read-only, a file in the way, ...)."""
 
 
 class GridResult(NamedTuple):
@@ -266,55 +263,6 @@ def run_gmm_group(cfg: GMMGridConfig, cells: Sequence[tuple[float, float]], mast
         result[(beta_i, t0)] = {"collapsed": collapsed, "failed": failed, "m1": m1, "m2": m2,
                                 "s": s, "var1": v1, "var2": v2, "var_min": lo, "var_max": hi}
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# cache
-# --------------------------------------------------------------------------------------------
-
-def _cell_path(root: Path, cell) -> Path:
-    return root / f"cell_{cell_id(*cell):010d}.npz"
-
-
-def _cell_identity(study: str, root: Path, cell, n_seeds: int) -> dict:
-    """What a cell file must say about itself: a file copied over another cell's name, or from
-    another grid, does not match and is recomputed."""
-    return {"_study": np.array(study), "_grid_id": np.array(root.name),
-            "_beta_i": np.array(float(cell[0])), "_t0": np.array(float(cell[1])),
-            "_n_seeds": np.array(int(n_seeds))}
-
-
-def _load_cell(path: Path, identity: dict, fields: Iterable[str]):
-    """Load a cached cell; ``None`` if missing, unreadable, inconsistent or of another identity
-    (then it is redone)."""
-    data = load_npz(path)
-    if data is None:
-        return None
-    n_seeds = int(identity["_n_seeds"])
-    if not set(fields) <= set(data) or any(data[k].shape != (n_seeds,) for k in fields):
-        return None
-    if any(k not in data or data[k].shape != () or data[k].item() != v.item()
-           for k, v in identity.items()):
-        return None
-    return {k: data[k] for k in fields}
-
-
-def _save_cell(path: Path, data: dict, identity: dict) -> None:
-    """Atomic write of a cell with its identity: a reader never sees a half-written file."""
-    try:
-        save_npz_atomic(path, {**{k: np.asarray(v) for k, v in data.items()}, **identity})
-    except OSError as exc:
-        raise CacheError(f"cannot write the results cache {path.parent}: "
-                         f"{exc.strerror or exc}") from None
-
-
-def _check_writable(root: Path) -> None:
-    """Fail before any computation when the cache folder cannot be created or written."""
-    try:
-        probe_writable(root)
-    except OSError as exc:
-        raise CacheError(f"cannot write the results cache {root}: {exc.strerror or exc} "
-                         "(choose another --cache-dir or $ANNEALVI_CACHE)") from None
 
 
 # --------------------------------------------------------------------------------------------
