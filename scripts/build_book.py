@@ -31,6 +31,18 @@ def library_key() -> str:
     return h.hexdigest()[:16]
 
 
+def site_key() -> str:
+    """Hash of the site's static files and configuration: when they change every page must be
+    written again (Sphinx alone sees no outdated page), but nothing needs re-executing."""
+    h = hashlib.sha256()
+    files = sorted((ROOT / "_static").rglob("*")) + [ROOT / "_config.yml", ROOT / "_toc.yml"]
+    for path in files:
+        if path.is_file():
+            h.update(path.relative_to(ROOT).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build-dir", default="_build", help="output folder (default: _build)")
@@ -73,15 +85,20 @@ def main() -> int:
     # relative to the book root, so pass it explicitly to keep cache and key side by side
     cmd = [str(jb), "build", str(ROOT), "--path-output", str(build.parent), "-W", "--keep-going",
            "--config", str(generated)]
-    if changed:
+    site_file = build / ".site_key"
+    site = site_key()
+    site_changed = not site_file.exists() or site_file.read_text() != site
+    if changed or site_changed:
         # Sphinx re-reads only pages whose source changed: with a new library or preset every
-        # page must be re-read (and so re-executed), or it would keep its stale outputs
+        # page must be re-read (and so re-executed), or it would keep its stale outputs; with
+        # new static files or configuration every page is written again from the cached outputs
         cmd.append("--all")
     env = dict(os.environ)
     print("[build_book]", " ".join(cmd), f"(ANNEALVI_PRESET={env.get('ANNEALVI_PRESET', 'book')})")
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if rc == 0:
         key_file.write_text(key)
+        site_file.write_text(site)
     return rc
 
 
