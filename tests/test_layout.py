@@ -219,3 +219,19 @@ def test_no_module_is_much_longer_than_500_lines():
     over = {m: n for m, n in lines.items() if n > MAX_LINES and m not in ONE_CONCEPT}
     assert not over, over
     assert all(lines[m] <= 650 for m in ONE_CONCEPT), {m: lines[m] for m in ONE_CONCEPT}
+
+
+def test_no_library_module_is_ignored_by_git():
+    """Every module of the package is committable: an ignore pattern meant for an output folder
+    (``figures/``, ``results/``) must not also match a folder of the package."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        import pytest
+
+        pytest.skip("not a git checkout")
+    paths = [str(p.relative_to(ROOT)) for p in _modules().values()]
+    out = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.stdout.strip() == "", f"ignored by .gitignore: {out.stdout.split()}"
