@@ -88,19 +88,30 @@ def location_free(source: str) -> str:
     return _DOTTED_LOCATION.sub("annealvi_lib.", _RELATIVE_IMPORT.sub(flat, source))
 
 
-def source_hash(*module_files: str) -> str:
-    """Short hash of library source files, so that cached results are recomputed after a code
-    change even without a version bump.
+def source_hash(*module_files: str, functions=(), extra: str = "") -> str:
+    """Short hash of library source, so that cached results are recomputed after a code change
+    even without a version bump.
 
     Args:
       module_files: paths relative to the package folder, e.g. ``"models/student.py"``.
+      functions: functions whose own source is hashed too (e.g. the one that computes a cached
+        result, when its module is not listed whole). Only functions: ``inspect.getsource`` of a
+        class parses its module with ``ast``, which on CPython 3.11 is not safe while another
+        thread (e.g. IPython compiling a cell) uses the parser.
+      extra: any further text the results depend on (e.g. the names of a result's fields).
 
-    The hash covers each file's :func:`location_free` text, in the order given: editing the code
-    of a listed module invalidates the cache; moving it to another subpackage (and updating the
-    imports that name it) does not. The file *names* are not hashed, for the same reason.
+    The hash covers each file's and function's :func:`location_free` text, in the order given:
+    editing the code of a listed module invalidates the cache; moving it to another subpackage
+    (and updating the imports that name it) does not. The file *names* are not hashed, for the
+    same reason.
     """
+    import inspect
+
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
     for name in module_files:
         h.update(location_free((here / name).read_text()).encode())
+    for fn in functions:
+        h.update(location_free(inspect.getsource(fn)).encode())
+    h.update(extra.encode())
     return h.hexdigest()[:12]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from .. import __version__
 from ..models import student as st
 from ..theory import ode as th
 from .._validate import check_int_at_least, check_positive
-from ..cache import load_npz, location_free, save_npz_atomic
+from ..cache import load_npz, save_npz_atomic, source_hash
 from ..config import OdeCheckConfig
 from ..models.schedules import Schedule
 from ..models.targets import make_target
@@ -194,20 +193,12 @@ _SOURCES = ("theory/ode.py", "models/student.py", "models/targets.py", "models/s
 def _source_digest(kind: str) -> str:
     """Hash of the modules the experiments run, of the experiment's own function and of its
     result fields (so a code change, not only a version bump, invalidates the cache; plotting
-    edits do not).
-
-    Only functions are passed to ``inspect.getsource``: for a class it parses the module with
-    ``ast``, which on CPython 3.11 is not safe while another thread (e.g. IPython compiling a
-    cell) uses the parser ("AST constructor recursion depth mismatch").
+    edits do not). The result class enters by its field names, not its source (see
+    :func:`annealvi_lib.cache.source_hash`).
     """
-    h = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for name in _SOURCES:   # location-free text: moving a module keeps the key (see cache.py)
-        h.update(location_free((package / name).read_text()).encode())
     fn_name, cls_name = _EXPERIMENT_CODE[kind]
-    h.update(location_free(inspect.getsource(globals()[fn_name])).encode())
-    h.update(" ".join(globals()[cls_name]._fields).encode())
-    return h.hexdigest()[:12]
+    return source_hash(*_SOURCES, functions=[globals()[fn_name]],
+                       extra=" ".join(globals()[cls_name]._fields))
 
 
 def cache_path(kind: str, C: OdeCheckConfig, cache: str | os.PathLike | None = None) -> Path:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 from functools import partial
@@ -55,7 +54,7 @@ import numpy as np
 
 from .. import __version__
 from .._rng import fast_threefry
-from ..cache import location_free, source_hash
+from ..cache import source_hash
 from .grid_cache import (CacheError, _cell_identity, _cell_path, _check_writable, _load_cell,
                          _save_cell)
 from .._validate import (MAX_SEED, check_beta, check_choice, check_int_at_least, check_int_range,
@@ -182,8 +181,7 @@ def _source_hash(study: str) -> str:
     """Hash of the library modules a study's runs depend on and of the runner's own functions
     that build its cells (location-free, see :func:`annealvi_lib.cache.location_free`), so that
     a code change (even without a version bump) never reuses stale cached results."""
-    runner = "".join(location_free(inspect.getsource(globals()[f])) for f in _RUNNER_CODE[study])
-    return hashlib.sha256((source_hash(*_SOURCES[study]) + runner).encode()).hexdigest()[:12]
+    return source_hash(*_SOURCES[study], functions=[globals()[f] for f in _RUNNER_CODE[study]])
 
 
 # --------------------------------------------------------------------------------------------
