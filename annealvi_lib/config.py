@@ -153,9 +153,10 @@ def grid_beta(log10_value: float, scale: float) -> float:
 @dataclass(frozen=True, kw_only=True)
 class _AnnealedRun:
     """Fields shared by chapters 1 and 2, which anneal one problem with the exponential schedule
-    from ``beta_i = 1 / (beta_i_factor R^2)`` to 1 at ``t0``."""
+    from ``beta_i = 1 / (beta_i_factor R^2)`` to 1 at ``t0``; each chapter's class gives its own
+    default ``problem``."""
 
-    problem: Problem = Problem(d=128, batch=1024)
+    problem: Problem
     beta_i_factor: float = 10.0          # beta_i = 1 / (beta_i_factor * R^2)
     t0: float = 700.0
 

@@ -56,6 +56,11 @@ def _imports(module: str, path: Path) -> set[str]:
     return {m for m in out if m in mods and m != module}
 
 
+def _graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports."""
+    return {m: _imports(m, p) for m, p in _modules().items()}
+
+
 def test_golden_cells_unchanged():
     """One small cell of every grid and experiment (chapters 1-5), recomputed with the current
     code, equals the values written before the reorganisation. Tolerance rtol 1e-3: the same
@@ -84,8 +89,7 @@ def test_cache_keys_cover_the_code_a_study_runs():
     edit of the sampler's code can reuse stale results."""
     from annealvi_lib.experiments import grid
 
-    mods = _modules()
-    graph = {m: _imports(m, p) for m, p in mods.items()}
+    graph = _graph()
 
     def reach(start):
         seen, todo = set(), [start]
@@ -114,8 +118,7 @@ def test_golden_compare_detects_a_change():
 
 
 def test_imports_go_down_the_layers_and_have_no_cycles():
-    mods = _modules()
-    graph = {m: _imports(m, p) for m, p in mods.items()}
+    graph = _graph()
     upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
               if _layer(d) > _layer(m)]
     assert not upward, "upward imports: " + ", ".join(upward)
@@ -187,7 +190,7 @@ def test_package_docstring_maps_every_chapter():
     module its code imports from ``models``, ``theory``, ``metrics`` and the grid runner is
     listed, and every listed name exists."""
     mods = _modules()
-    graph = {m: _imports(m, p) for m, p in mods.items()}
+    graph = _graph()
     table = _chapter_table(annealvi_lib.__doc__)
     notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("0*.md"))
     assert sorted(table) == list(range(1, len(notebooks) + 1))

@@ -290,6 +290,16 @@ def plot_symmetric_branch(ratio, m_branch, tilt):
     return fig
 
 
+def _wilson_bars(ax, x, rows, **style) -> str:
+    """Measured ``p_collapse`` of ``rows`` at ``x`` with their 95% Wilson bars (``ci_low``,
+    ``ci_high``); ``style`` overrides the default open-circle markers. Returns the colour used."""
+    p = np.array([r["p_collapse"] for r in rows])
+    lo = np.array([r["ci_low"] for r in rows])
+    hi = np.array([r["ci_high"] for r in rows])
+    line = ax.errorbar(x, p, yerr=[p - lo, hi - p], **{"fmt": "o", "capsize": 3, **style})
+    return line[0].get_color()
+
+
 def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int, sampling: str = "stratified"):
     """Collapse probability against B per cell (Wilson bars), with the finite-batch theory
     (solid), the ODE-propagated probability (dashed: the B -> infinity limit of the simulation)
@@ -302,12 +312,8 @@ def plot_batch_sensitivity(rows: list[dict], n_iter_extra: int, sampling: str = 
         grp = sorted((r for r in sub if (r["log10(beta_i R^2)"], r["t0"]) == cell),
                      key=lambda r: r["B"])
         B = np.array([r["B"] for r in grp])
-        p = np.array([r["p_collapse"] for r in grp])
-        lo = np.array([r["ci_low"] for r in grp])
-        hi = np.array([r["ci_high"] for r in grp])
-        line = ax.errorbar(B, p, yerr=[p - lo, hi - p], fmt="o", capsize=3,
-                           label=f"$\\log_{{10}}\\beta_iR^2={cell[0]:g}$, $t_0={cell[1]:g}$")
-        c = line[0].get_color()
+        c = _wilson_bars(ax, B, grp,
+                         label=f"$\\log_{{10}}\\beta_iR^2={cell[0]:g}$, $t_0={cell[1]:g}$")
         if "finite-batch theory" in grp[0]:
             ax.plot(B, [r["finite-batch theory"] for r in grp], "-", lw=1.4, color=c)
         if "ODE-propagated" in grp[0]:
@@ -397,19 +403,12 @@ def plot_batch_scan(rows: list[dict], R: float, log10_beta_r2: float):
         grp = sorted((r for r in rows if r["t0"] == t0 and r["sampling"] == main),
                      key=lambda r: r["total_samples"])
         n = np.array([r["total_samples"] for r in grp], float)
-        pm = np.array([r["p_collapse"] for r in grp])
-        lo = np.array([r["ci_low"] for r in grp])
-        hi = np.array([r["ci_high"] for r in grp])
-        line = ax.errorbar(n, pm, yerr=[pm - lo, hi - pm], fmt="o", capsize=3,
-                           label=f"$t_0={t0:g}$")
-        c = line[0].get_color()
+        c = _wilson_bars(ax, n, grp, label=f"$t_0={t0:g}$")
         ax.plot(n, [r["finite-batch theory"] for r in grp], "-", color=c, lw=1.4)
         ax.axhline(grp[0]["ODE-propagated"], ls="--", lw=1.2, color=c)
         for r in rows:
             if r["t0"] == t0 and r["sampling"] != main:
-                ax.errorbar([r["total_samples"] * 1.08], [r["p_collapse"]],
-                            yerr=[[r["p_collapse"] - r["ci_low"]], [r["ci_high"] - r["p_collapse"]]],
-                            fmt="s", mfc="white", color=c, capsize=3)
+                _wilson_bars(ax, [r["total_samples"] * 1.08], [r], fmt="s", mfc="white", color=c)
     other = "categorical" if main == "stratified" else "stratified"
     ax.plot([], [], "k-", lw=1.4, label="finite-batch theory")
     ax.plot([], [], "k--", lw=1.2, label="ODE-propagated ($B\\to\\infty$)")
